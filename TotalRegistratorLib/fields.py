@@ -1,0 +1,100 @@
+"""Displacement fields: warping, composition, Jacobians and affine maps, in PyTorch.
+
+The one convention (see :mod:`TotalRegistratorLib.geometry` for grids):
+
+* A displacement field ``u`` is a tensor ``[N, 3, K, J, I]`` on a grid of the
+  *fixed* side, components (x, y, z) in LPS millimetres.
+* It is a pullback: the fixed point ``x`` maps to the moving point ``x + u(x)``.
+  The warped moving image is ``moving(x + u(x))``. ITK's resampling transforms
+  and Slicer's transform "from parent" direction have the same sense.
+* An affine map is a 4 x 4 matrix ``A`` taking fixed LPS points to moving LPS
+  points; its field is ``u(x) = A x - x``.
+* Composition: if block A runs first and block B then registers the fixed
+  image to A's output, ``w(x) = u_B(x) + u_A(x + u_B(x))`` (:func:`compose`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .geometry import Grid, matrix_apply
+
+
+def mapped_points(field: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """The moving points ``x + u(x)`` for every voxel of ``grid``, shape [N, K, J, I, 3]."""
+    return grid.world_points(field.device, field.dtype) + field.movedim(1, -1)
+
+
+def sample(image: torch.Tensor, image_grid: Grid, points: torch.Tensor, mode: str = "bilinear",
+           padding_mode: str = "zeros") -> torch.Tensor:
+    """Sample ``image`` [N, C, K, J, I] on ``image_grid`` at LPS ``points`` [N, ..., 3].
+
+    Trilinear (``mode="bilinear"``) or nearest neighbour. Returns [N, C, ...].
+    Outside the grid: zeros, or the border value with ``padding_mode="border"``.
+    """
+    shape = points.shape
+    pts = points.reshape(shape[0], -1, 1, 1, 3)
+    normalized = matrix_apply(image_grid.world_to_normalized, pts)
+    out = F.grid_sample(image, normalized.to(image.dtype), mode=mode, padding_mode=padding_mode,
+                        align_corners=True)
+    return out.reshape(*out.shape[:2], *shape[1:-1])
+
+
+def warp(moving: torch.Tensor, moving_grid: Grid, field: torch.Tensor, grid: Grid,
+         mode: str = "bilinear", padding_mode: str = "zeros") -> torch.Tensor:
+    """The moving image resampled onto ``grid`` through the pullback ``field``: moving(x + u(x))."""
+    return sample(moving, moving_grid, mapped_points(field, grid), mode, padding_mode)
+
+
+def inside(points: torch.Tensor, domain: Grid, margin: float = 0.5) -> torch.Tensor:
+    """Boolean [N, ...]: LPS points within ``domain`` (``margin`` voxels beyond the edge centres)."""
+    idx = matrix_apply(domain.world_to_index, points)
+    upper = torch.as_tensor(domain.size, dtype=idx.dtype, device=idx.device) - 1 + margin
+    return ((idx >= -margin) & (idx <= upper)).all(dim=-1)
+
+
+def resample_field(field: torch.Tensor, grid: Grid, target: Grid) -> torch.Tensor:
+    """The field sampled (trilinearly) on ``target``; outside ``grid`` it extends its border values."""
+    return sample(field, grid, target.world_points(field.device, field.dtype), padding_mode="border")
+
+
+def compose(first: torch.Tensor, second: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """Field of applying ``first`` then ``second``: ``second(x) + first(x + second(x))``.
+
+    ``first`` maps fixed points into the moving image; ``second`` registers the
+    fixed image to the moving image already warped by ``first``. Both live on ``grid``.
+    """
+    return second + sample(first, grid, mapped_points(second, grid), padding_mode="border")
+
+
+def affine_field(matrix: np.ndarray | torch.Tensor, grid: Grid, device=None,
+                 dtype=torch.float32) -> torch.Tensor:
+    """Field ``A x - x`` of a 4 x 4 fixed-to-moving LPS matrix, shape [1, 3, K, J, I]."""
+    points = grid.world_points(device, torch.float64)
+    m = torch.as_tensor(matrix, dtype=torch.float64, device=device)
+    return (matrix_apply(m, points) - points).to(dtype).movedim(-1, 1)
+
+
+def spatial_gradient(field: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """Derivatives of every component along physical x, y, z: [N, C, 3, K, J, I] (per mm).
+
+    Central differences inside, one-sided at the borders, then the chain rule
+    through the grid's direction and spacing.
+    """
+    by_index = []
+    for dim in (4, 3, 2):  # i, j, k axes of [N, C, K, J, I]
+        by_index.append(torch.gradient(field, dim=dim)[0] if field.shape[dim] > 1 else torch.zeros_like(field))
+    d_index = torch.stack(by_index, dim=2)  # derivative per index step, [N, C, 3(i,j,k), ...]
+    # d/dx = (d/d index) @ d index/d x, with d index/d x = inv(direction @ diag(spacing))
+    inv = np.linalg.inv(grid.direction_matrix @ np.diag(grid.spacing))
+    m = torch.as_tensor(inv, dtype=field.dtype, device=field.device)
+    return torch.einsum("nca...,ab->ncb...", d_index, m)
+
+
+def jacobian_determinant(field: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """det(I + du/dx) of the map x -> x + u(x) at every voxel, [N, K, J, I], in physical space."""
+    grad = spatial_gradient(field, grid).movedim(1, -1).movedim(1, -1)  # [N, K, J, I, component, x]
+    jac = grad + torch.eye(3, dtype=field.dtype, device=field.device)
+    return torch.linalg.det(jac)

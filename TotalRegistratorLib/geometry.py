@@ -1,0 +1,180 @@
+"""Image grids: the one place that knows how voxel indices map to physical space.
+
+Conventions used throughout TotalRegistratorLib:
+
+* Physical space is ITK's LPS, in millimetres.
+* A :class:`Grid` is ITK's image geometry: ``size`` and ``spacing`` in index
+  order (i, j, k) = (x, y, z), ``origin`` in LPS mm and ``direction`` a 3 x 3
+  matrix whose columns are the directions of the i, j and k axes.
+  ``world = direction @ diag(spacing) @ index + origin``.
+* A torch image on a grid has shape ``[N, C, K, J, I]`` (SimpleITK array order,
+  slowest axis first); point and vector components are always ordered
+  (x, y, z), which is also the order ``torch.nn.functional.grid_sample``
+  expects in its sampling grid.
+* Normalised coordinates are grid_sample's with ``align_corners=True``:
+  ``n = 2 * index / (size - 1) - 1``, so -1 and +1 are the centres of the
+  first and last voxels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+Vec3 = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Geometry of a 3D image: every voxel index has a physical LPS coordinate."""
+
+    size: tuple[int, int, int]
+    spacing: Vec3
+    origin: Vec3
+    direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "size", tuple(int(s) for s in self.size))
+        object.__setattr__(self, "spacing", tuple(float(s) for s in self.spacing))
+        object.__setattr__(self, "origin", tuple(float(s) for s in self.origin))
+        object.__setattr__(self, "direction", tuple(float(d) for d in np.ravel(self.direction)))
+        if len(self.size) != 3 or min(self.size) < 1:
+            raise ValueError(f"grid size must be three positive integers, got {self.size}")
+        if min(self.spacing) <= 0:
+            raise ValueError(f"grid spacing must be positive, got {self.spacing}")
+
+    # --- construction -----------------------------------------------------
+    @classmethod
+    def from_image(cls, image: sitk.Image) -> Grid:
+        """The grid of a 3D SimpleITK image."""
+        return cls(image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+
+    @classmethod
+    def covering(cls, lower: np.ndarray, upper: np.ndarray, size=None, spacing=None) -> Grid:
+        """An LPS-aligned grid whose first and last voxel centres lie on ``lower`` and ``upper``.
+
+        Give either ``size`` (voxels per axis; spacing follows) or ``spacing``
+        (mm, scalar or per axis; size follows, the extent grows to a whole number
+        of voxels, centred on the box).
+        """
+        lower = np.asarray(lower, float)
+        upper = np.asarray(upper, float)
+        extent = np.maximum(upper - lower, 1e-3)
+        if size is not None:
+            size = np.asarray(size, int)
+            spacing = extent / np.maximum(size - 1, 1)
+            return cls(tuple(size), tuple(spacing), tuple(lower))
+        spacing = np.broadcast_to(np.asarray(spacing, float), (3,))
+        size = np.floor(extent / spacing + 1e-6).astype(int) + 1
+        centre = (lower + upper) / 2
+        origin = centre - (size - 1) * spacing / 2
+        return cls(tuple(size), tuple(spacing), tuple(origin))
+
+    # --- matrices -----------------------------------------------------------
+    @property
+    def direction_matrix(self) -> np.ndarray:
+        return np.asarray(self.direction, float).reshape(3, 3)
+
+    @property
+    def index_to_world(self) -> np.ndarray:
+        """4 x 4 homogeneous matrix: continuous index (i, j, k) -> LPS mm."""
+        m = np.eye(4)
+        m[:3, :3] = self.direction_matrix @ np.diag(self.spacing)
+        m[:3, 3] = self.origin
+        return m
+
+    @property
+    def world_to_index(self) -> np.ndarray:
+        return np.linalg.inv(self.index_to_world)
+
+    @property
+    def index_to_normalized(self) -> np.ndarray:
+        """4 x 4 matrix: index -> grid_sample coordinates (align_corners=True)."""
+        m = np.eye(4)
+        size = np.asarray(self.size, float)
+        m[:3, :3] = np.diag(2.0 / np.maximum(size - 1, 1))
+        m[:3, 3] = -1.0
+        return m
+
+    @property
+    def world_to_normalized(self) -> np.ndarray:
+        return self.index_to_normalized @ self.world_to_index
+
+    # --- derived geometry -----------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Tensor shape (K, J, I) of an image on this grid."""
+        return self.size[::-1]
+
+    @property
+    def num_voxels(self) -> int:
+        return int(np.prod(self.size))
+
+    def corners(self) -> np.ndarray:
+        """LPS coordinates of the 8 corner voxel centres, shape (8, 3)."""
+        idx = np.array(np.meshgrid(*[[0, s - 1] for s in self.size], indexing="ij")).reshape(3, -1).T
+        return self.transform_indices(idx)
+
+    def transform_indices(self, indices: np.ndarray) -> np.ndarray:
+        """Continuous indices (..., 3) -> LPS points (..., 3)."""
+        m = self.index_to_world
+        return np.asarray(indices, float) @ m[:3, :3].T + m[:3, 3]
+
+    def transform_points(self, points: np.ndarray) -> np.ndarray:
+        """LPS points (..., 3) -> continuous indices (..., 3)."""
+        m = self.world_to_index
+        return np.asarray(points, float) @ m[:3, :3].T + m[:3, 3]
+
+    def contains(self, points: np.ndarray, margin: float = 0.5) -> np.ndarray:
+        """Whether LPS points lie inside the image domain (voxel edges, ``margin`` voxels beyond centres)."""
+        idx = self.transform_points(points)
+        size = np.asarray(self.size)
+        return np.all((idx >= -margin) & (idx <= size - 1 + margin), axis=-1)
+
+    def scaled(self, factor: float) -> Grid:
+        """The same physical box sampled ``factor`` times more coarsely (same corner voxel centres)."""
+        size = np.maximum(np.round((np.asarray(self.size) - 1) / factor).astype(int) + 1, 2)
+        spacing = np.asarray(self.spacing) * (np.asarray(self.size) - 1) / (size - 1)
+        return Grid(tuple(size), tuple(spacing), self.origin, self.direction)
+
+    def reference_image(self, pixel_type: int = sitk.sitkFloat32) -> sitk.Image:
+        """An empty SimpleITK image with this geometry (for resampling)."""
+        image = sitk.Image(list(self.size), pixel_type)
+        self.apply_to(image)
+        return image
+
+    def apply_to(self, image: sitk.Image) -> sitk.Image:
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+    # --- torch ------------------------------------------------------------------
+    def world_points(self, device=None, dtype=torch.float32) -> torch.Tensor:
+        """LPS coordinates of every voxel centre, shape (1, K, J, I, 3), components (x, y, z)."""
+        axes = [torch.arange(n, device=device, dtype=torch.float64) for n in self.size[::-1]]
+        k, j, i = torch.meshgrid(*axes, indexing="ij")
+        idx = torch.stack([i, j, k], dim=-1)
+        m = torch.as_tensor(self.index_to_world, device=device, dtype=torch.float64)
+        return (idx @ m[:3, :3].T + m[:3, 3]).to(dtype).unsqueeze(0)
+
+
+def matrix_apply(matrix: np.ndarray | torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Apply a 4 x 4 homogeneous matrix to points (..., 3)."""
+    m = torch.as_tensor(matrix, dtype=points.dtype, device=points.device)
+    return points @ m[:3, :3].T + m[:3, 3]
+
+
+def physical_bounding_box(grid: Grid, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """LPS axis-aligned box (lower, upper) around the voxel centres where ``mask`` (K, J, I) is set."""
+    nz = np.nonzero(mask)
+    if len(nz[0]) == 0:
+        raise ValueError("empty mask has no bounding box")
+    lo = np.array([nz[2].min(), nz[1].min(), nz[0].min()], float)
+    hi = np.array([nz[2].max(), nz[1].max(), nz[0].max()], float)
+    corners = np.array(np.meshgrid(*zip(lo, hi), indexing="ij")).reshape(3, -1).T
+    world = grid.transform_indices(corners)
+    return world.min(axis=0), world.max(axis=0)

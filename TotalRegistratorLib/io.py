@@ -1,0 +1,156 @@
+"""Reading and writing images and transforms through SimpleITK, with full geometry.
+
+Readers accept NIfTI, NRRD, MHA/MHD and any other format SimpleITK reads, and
+DICOM series folders. Every problem is raised as :class:`InputError` with a
+one-line message naming the file. Writers never leave a half-written file: they
+write to a temporary name beside the target and rename it when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+
+
+def _read(path: Path) -> sitk.Image:
+    if path.is_dir():
+        reader = sitk.ImageSeriesReader()
+        series = reader.GetGDCMSeriesIDs(str(path))
+        if not series:
+            raise InputError(f"{path}: folder holds no DICOM series")
+        if len(series) > 1:
+            raise InputError(f"{path}: folder holds {len(series)} DICOM series; point to a folder with one")
+        reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
+        return reader.Execute()
+    return sitk.ReadImage(str(path))
+
+
+def read_image(path: str | os.PathLike, labels: bool = False) -> sitk.Image:
+    """Read a 3D scalar image (file or DICOM folder) and check it is usable.
+
+    CT images come back as float32 Hounsfield units, label maps (``labels=True``)
+    as integers. Raises :class:`InputError` for missing or unreadable files,
+    images that are not 3D, have several components, hold NaN, or (for CT) are
+    constant.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    try:
+        image = _read(path)
+    except RuntimeError as err:
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown error"
+        raise InputError(f"{path}: cannot read image ({reason[:160]})") from None
+    if image.GetDimension() != 3 or min(image.GetSize()) < 2:
+        raise InputError(f"{path}: expected a 3D volume, got size {image.GetSize()}")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{path}: expected one value per voxel, got {image.GetNumberOfComponentsPerPixel()}")
+    if labels:
+        return image if image.GetPixelID() in _INTEGER_TYPES else sitk.Cast(image, sitk.sitkUInt16)
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    values = sitk.GetArrayViewFromImage(image)
+    if not np.isfinite(values).all():
+        raise InputError(f"{path}: image contains NaN or infinite voxels")
+    if values.min() == values.max():
+        raise InputError(f"{path}: image is constant ({values.min():g} everywhere)")
+    return image
+
+
+_INTEGER_TYPES = {sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16, sitk.sitkUInt32, sitk.sitkInt32}
+
+
+def _temporary_sibling(path: Path) -> Path:
+    suffix = "".join(path.suffixes) or ".tmp"
+    fd, name = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.partial-", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary_sibling(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> None:
+    """Write an image atomically; the format follows the extension (.nii.gz, .nrrd, .mha, ...)."""
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), compress)
+
+
+def write_transform(transform: sitk.Transform, path: str | os.PathLike) -> None:
+    """Write an ITK transform (.h5, .tfm) atomically."""
+    with atomic_path(path) as tmp:
+        sitk.WriteTransform(transform, str(tmp))
+
+
+def read_transform(path: str | os.PathLike) -> sitk.Transform:
+    """Read an ITK transform file, flattening a one-element composite."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such transform file")
+    try:
+        transform = sitk.ReadTransform(str(path))
+    except RuntimeError:
+        raise InputError(f"{path}: cannot read as an ITK transform") from None
+    if isinstance(transform, sitk.CompositeTransform) and transform.GetNumberOfTransforms() == 1:
+        transform = transform.GetNthTransform(0)
+    if transform.GetDimension() != 3:
+        raise InputError(f"{path}: expected a 3D transform")
+    return transform
+
+
+def check_output_dir(path: str | os.PathLike) -> Path:
+    """Raise :class:`InputError` unless ``path`` is an existing folder or can be created as one."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path}: output folder is a file")
+    parent = next((p for p in [path, *path.parents] if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise InputError(f"{path}: output folder cannot be created in {parent}")
+    return path
+
+
+class OutputFolder:
+    """Collects outputs in a hidden staging folder, moving them into place only on :meth:`commit`.
+
+    Use as a context manager: if the block raises, the staging folder is removed
+    and the output folder is left as it was.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = check_output_dir(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.staging = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.partial-", dir=self.path.parent))
+
+    def __truediv__(self, name: str) -> Path:
+        return self.staging / name
+
+    def commit(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        for item in sorted(self.staging.iterdir()):
+            os.replace(item, self.path / item.name)
+
+    def __enter__(self) -> OutputFolder:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        shutil.rmtree(self.staging, ignore_errors=True)
