@@ -238,7 +238,7 @@ def make_phantom(seed: int) -> Phantom:
     if rng.random() < 0.15:
         removed.append("gallbladder")
     if rng.random() < 0.1:
-        removed.append(rng.choice(["kidney_left", "kidney_right"]))
+        removed.append(str(rng.choice(["kidney_left", "kidney_right"])))
     if not male:
         removed.append("prostate")
     dome_r = 95 + jit(8)
