@@ -1,0 +1,9 @@
+"""TotalRegistrator: whole-body CT deformable registration (Pham et al., Medical Image Analysis 2025).
+
+A plain Python library (it never imports slicer or Qt): geometry and I/O, field
+warping and export to ITK, instance optimisation, metrics and the command line.
+Conventions are stated in :mod:`TotalRegistratorLib.geometry` and
+:mod:`TotalRegistratorLib.fields`.
+"""
+
+__version__ = "0.1.0"

@@ -55,9 +55,15 @@ def inside(points: torch.Tensor, domain: Grid, margin: float = 0.5) -> torch.Ten
     return ((idx >= -margin) & (idx <= upper)).all(dim=-1)
 
 
-def resample_field(field: torch.Tensor, grid: Grid, target: Grid) -> torch.Tensor:
-    """The field sampled (trilinearly) on ``target``; outside ``grid`` it extends its border values."""
-    return sample(field, grid, target.world_points(field.device, field.dtype), padding_mode="border")
+def resample_field(field: torch.Tensor, grid: Grid, target: Grid, max_voxels: int = 4_000_000) -> torch.Tensor:
+    """The field sampled (trilinearly) on ``target``; outside ``grid`` it extends its border values.
+
+    Large targets are filled in slabs of at most ``max_voxels`` to bound memory.
+    """
+    step = max(1, max_voxels // (target.size[0] * target.size[1]))
+    slabs = [sample(field, grid, target.slab(k, min(k + step, target.size[2])).world_points(field.device, field.dtype),
+                    padding_mode="border") for k in range(0, target.size[2], step)]
+    return torch.cat(slabs, dim=2)
 
 
 def compose(first: torch.Tensor, second: torch.Tensor, grid: Grid) -> torch.Tensor:

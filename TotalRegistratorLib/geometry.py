@@ -140,6 +140,11 @@ class Grid:
         spacing = np.asarray(self.spacing) * (np.asarray(self.size) - 1) / (size - 1)
         return Grid(tuple(size), tuple(spacing), self.origin, self.direction)
 
+    def slab(self, start: int, stop: int) -> Grid:
+        """The sub-grid of slices ``start:stop`` along k (same geometry, shifted origin)."""
+        origin = self.transform_indices(np.array([0.0, 0.0, start]))
+        return Grid((self.size[0], self.size[1], stop - start), self.spacing, tuple(origin), self.direction)
+
     def reference_image(self, pixel_type: int = sitk.sitkFloat32) -> sitk.Image:
         """An empty SimpleITK image with this geometry (for resampling)."""
         image = sitk.Image(list(self.size), pixel_type)

@@ -97,12 +97,13 @@ class Prepared:
     domain: Grid  # the original image's grid (its field of view)
 
 
-def prepare(image: sitk.Image, grid_for, name: str = "image", device="cpu") -> Prepared:
+def prepare(image: sitk.Image, grid_for, name: str = "image", device="cpu", mask: np.ndarray | None = None) -> Prepared:
     """Crop ``image`` to its body and resample it onto ``grid_for(image, mask)`` (e.g. :func:`network_grid`).
 
     Voxels outside the body (table, air, clothing) are set to air before resampling.
+    ``mask`` is the body mask if already computed.
     """
-    mask = body_mask(image, name=name)
+    mask = body_mask(image, name=name) if mask is None else mask
     values = sitk.GetArrayFromImage(image)
     values[~mask] = HU_RANGE[0]
     cropped = sitk.GetImageFromArray(values)
@@ -112,5 +113,9 @@ def prepare(image: sitk.Image, grid_for, name: str = "image", device="cpu") -> P
     mask_on_grid = sitk.GetArrayFromImage(resample(mask_to_image(mask, image), grid, labels=True, default=0))
     domain = Grid.from_image(image)
     centroid = domain.transform_indices(np.argwhere(mask)[:, ::-1].mean(axis=0))
-    as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)[None, None]  # noqa: E731
-    return Prepared(as_tensor(normalize_intensity(on_grid)), grid, as_tensor(mask_on_grid), centroid, domain)
+    return Prepared(_as_tensor(normalize_intensity(on_grid), device), grid, _as_tensor(mask_on_grid, device),
+                    centroid, domain)
+
+
+def _as_tensor(array: np.ndarray, device) -> torch.Tensor:
+    return torch.as_tensor(array, dtype=torch.float32, device=device)[None, None]

@@ -1,0 +1,109 @@
+"""Instance optimisation end to end: sign, identity, orientation, exact rigid and real deformation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from conftest import deformed_pair, shared_file, torso
+
+from TotalRegistratorLib import io, metrics, preprocess
+from TotalRegistratorLib.export import transform_to_field
+from TotalRegistratorLib.geometry import Grid
+from TotalRegistratorLib.optimize import OptimizationSettings
+from TotalRegistratorLib.registration import register, resample_moving
+
+FAST = OptimizationSettings(affine_iterations=(40, 20), deformable_iterations=(40, 15), spacing=3.5)
+GRID = Grid((64, 48, 48), (3.5, 3.5, 3.5), (-110.0, -82.0, -84.0))
+
+
+def exported_field(result, grid=None) -> np.ndarray:
+    grid = grid or Grid.from_image(result.fixed)
+    return transform_to_field(result.transform(), grid)[0].numpy()
+
+
+def test_positive_shift_gives_positive_displacement():
+    t = np.array([7.0, -5.0, 4.0])
+    fixed = torso(GRID)
+    moving = torso(GRID, shift=t, noise_seed=1)  # every feature sits t further along in the moving image
+    result = register(fixed, moving, FAST)
+    u = exported_field(result)
+    body = preprocess.body_mask(fixed)
+    inner = np.zeros_like(body)
+    inner[6:-6, 6:-6, 6:-6] = True  # away from where the shifted anatomy leaves the field of view
+    mean = u[:, body & inner].mean(axis=1)
+    assert np.abs(mean - t).max() < 0.5, f"expected u = +t = {t}, got {mean}"
+
+
+def test_identity_pair_gives_near_zero_field():
+    fixed = torso(GRID)
+    result = register(fixed, fixed, FAST)
+    assert np.linalg.norm(exported_field(result), axis=0).max() < 0.5
+
+
+def test_ras_nifti_and_lps_mha_give_identical_results(tmp_path):
+    fixed = torso(GRID)
+    moving = torso(GRID, shift=(4.0, 3.0, -2.0), noise_seed=1)
+    lps = tmp_path / "moving.mha"
+    sitk.WriteImage(moving, str(lps))
+    # the same voxels stored the way RAS tools do: i and j reversed, direction diag(-1, -1, 1)
+    ras_array = sitk.GetArrayFromImage(moving)[:, ::-1, ::-1]
+    ras = sitk.GetImageFromArray(np.ascontiguousarray(ras_array))
+    ras.SetSpacing(moving.GetSpacing())
+    ras.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))
+    ras.SetOrigin(moving.TransformIndexToPhysicalPoint([moving.GetSize()[0] - 1, moving.GetSize()[1] - 1, 0]))
+    nifti = tmp_path / "moving.nii.gz"
+    sitk.WriteImage(ras, str(nifti))
+    results = [register(fixed, io.read_image(path), FAST) for path in (lps, nifti)]
+    assert Grid.from_image(io.read_image(nifti)).direction != Grid.from_image(io.read_image(lps)).direction
+    fields = [exported_field(r) for r in results]
+    assert np.abs(fields[0] - fields[1]).max() < 0.05
+    warped = [sitk.GetArrayFromImage(resample_moving(r.moving, fixed, r.transform())) for r in results]
+    assert np.abs(warped[0] - warped[1]).max() < 1.0  # HU
+
+
+def test_exact_rigid_geometry_on_real_chest_ct():
+    fixed = io.read_image(shared_file("chestimagingplatform/ct-64.nrrd"))
+    moving = io.read_image(shared_file("chestimagingplatform/ct-64-transformed.nrrd"))
+    fixed_lungs = io.read_image(shared_file("chestimagingplatform/lm-64.nrrd"), labels=True)
+    moving_lungs = io.read_image(shared_file("chestimagingplatform/lm-64-transformed.nrrd"), labels=True)
+    result = register(fixed, moving, FAST)
+    warped = resample_moving(moving_lungs, fixed, result.transform(), labels=True)
+    a = sitk.GetArrayFromImage(fixed_lungs) > 0
+    b = sitk.GetArrayFromImage(warped) > 0
+    assert metrics.dice(a, b)[1] >= 0.95
+
+
+@pytest.fixture(scope="module")
+def real_deformation():
+    image = io.read_image(shared_file("totalsegmentator/example_ct_sm.nii.gz"))
+    labels = io.read_image(shared_file("totalsegmentator/example_seg.nii.gz"), labels=True)
+    fixed, fixed_labels, truth = deformed_pair(image, labels, amplitude=10.0, degrees=4.0, shift=(5.0, -4.0, 3.0))
+    result = register(fixed, image, OptimizationSettings(spacing=3.0))
+    return fixed, fixed_labels, labels, truth, result
+
+
+ORGANS = {"liver": [5], "spleen": [1], "kidneys": [2, 3], "stomach": [6], "pancreas": [7], "gallbladder": [4],
+          "vertebrae": list(range(26, 51)), "ribs": list(range(92, 116))}
+
+
+def organ_dice(fixed_labels: np.ndarray, moving_labels: np.ndarray) -> float:
+    scores = [metrics.dice(np.isin(fixed_labels, ids), np.isin(moving_labels, ids))[1] for ids in ORGANS.values()]
+    return float(np.nanmean(scores))
+
+
+def test_real_deformation_is_recovered(real_deformation):
+    fixed, fixed_labels, moving_labels, truth, result = real_deformation
+    fixed_array = sitk.GetArrayFromImage(fixed_labels)
+    before = organ_dice(fixed_array, sitk.GetArrayFromImage(resample_moving(moving_labels, fixed, labels=True)))
+    after = organ_dice(fixed_array, sitk.GetArrayFromImage(
+        resample_moving(moving_labels, fixed, result.transform(), labels=True)))
+    assert after >= 0.75 and after > before + 0.1, (before, after)
+
+    body = preprocess.body_mask(fixed)
+    u = torch.as_tensor(exported_field(result))[None]
+    assert metrics.jacobian_statistics(u, Grid.from_image(fixed), body)["folding_percent"] < 1.0
+    error_before = truth[0].norm(dim=0).numpy()[body].mean()
+    error_after = (u - truth)[0].norm(dim=0).numpy()[body].mean()
+    assert error_after <= error_before / 2, (error_before, error_after)

@@ -1,0 +1,160 @@
+"""The ``totalregistrator`` command line (also ``python -m TotalRegistratorLib``).
+
+Bad input ends with one line ``totalregistrator: error: <file>: <problem>`` on
+stderr and exit code 2, leaving no partial outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .errors import InputError
+from .optimize import SIMILARITIES, OptimizationSettings
+
+
+class ProgressBars:
+    """One tqdm bar per stage, fed by the library's ``progress(stage, done, total)`` callbacks."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.bars: dict[str, tqdm] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        bar = self.bars.get(stage)
+        if bar is None:
+            bar = self.bars[stage] = tqdm(total=total, desc=f"{stage:>10}", unit="it", leave=True, file=sys.stderr)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+def _iterations(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError("iterations must not be negative")
+    return values
+
+
+def _add_register(subparsers) -> None:
+    defaults = OptimizationSettings()
+    p = subparsers.add_parser("register", help="register MOVING onto FIXED and write transform, images, report")
+    p.add_argument("fixed", type=Path, help="fixed CT (NIfTI, NRRD, MHA/MHD or a DICOM folder)")
+    p.add_argument("moving", type=Path, help="moving CT")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--similarity", choices=SIMILARITIES, default=defaults.similarity,
+                   help="local NCC (default), MIND-SSC or Parzen mutual information (contrast/multiphase)")
+    p.add_argument("--iterations", type=_iterations, metavar="N,N",
+                   default=defaults.deformable_iterations,
+                   help="deformable iterations per level, coarse to fine (default %(default)s); 0,0 = affine only")
+    p.add_argument("--affine-iterations", type=_iterations, metavar="N,N", default=defaults.affine_iterations)
+    p.add_argument("--smoothness", type=float, default=defaults.smoothness, help="weight of the diffusion term")
+    p.add_argument("--spacing", type=float, default=defaults.spacing, help="finest working spacing in mm")
+    p.add_argument("--export-spacing", type=float, default=None,
+                   help="write the displacement field on a grid of this spacing (mm) instead of the fixed grid")
+    p.add_argument("--fixed-labels", type=Path, help="label map of the fixed image: report Dice before/after")
+    p.add_argument("--moving-labels", type=Path, help="label map of the moving image (also warped)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _run_register(args) -> int:
+    from .pipeline import run_register
+
+    if len(args.iterations) != 2 or len(args.affine_iterations) != 2:
+        raise InputError("--iterations and --affine-iterations take two values: coarse,fine")
+    settings = OptimizationSettings(similarity=args.similarity, spacing=args.spacing, smoothness=args.smoothness,
+                                    deformable_iterations=args.iterations, affine_iterations=args.affine_iterations,
+                                    seed=args.seed, device=args.device)
+    bars = ProgressBars(not args.quiet)
+    try:
+        report = run_register(args.fixed, args.moving, args.output, settings, args.export_spacing,
+                              args.fixed_labels, args.moving_labels, bars)
+    finally:
+        bars.close()
+    summary = {"output": str(args.output), "seconds": round(report["timings_s"]["total"], 1),
+               "local_ncc": report["similarity_local_ncc"],
+               "folding_percent": report["field_in_body"]["folding_percent"]}
+    if "dice" in report:
+        summary["mean_dice"] = {k: round(report["dice"][f"mean_{k}"], 4) for k in ("before", "after")}
+    print(json.dumps(summary))
+    return 0
+
+
+def _add_warp(subparsers) -> None:
+    p = subparsers.add_parser("warp", help="resample an image or label map through a transform")
+    p.add_argument("input", type=Path)
+    p.add_argument("transform", type=Path, help="ITK transform file (e.g. transform.h5 from register)")
+    p.add_argument("--reference", type=Path, required=True, help="image whose grid the output takes (the fixed)")
+    p.add_argument("--labels", action="store_true", help="nearest-neighbour interpolation for label maps")
+    p.add_argument("-o", "--output", type=Path, required=True)
+
+
+def _run_warp(args) -> int:
+    from .pipeline import run_warp
+
+    run_warp(args.input, args.transform, args.reference, args.output, args.labels)
+    return 0
+
+
+def _add_evaluate(subparsers) -> None:
+    p = subparsers.add_parser("evaluate", help="Dice between label maps, folding of a transform, landmark TRE")
+    p.add_argument("--labels", type=Path, nargs=2, metavar=("FIXED_LABELS", "WARPED_LABELS"))
+    p.add_argument("--transform", type=Path, help="displacement field transform (.h5) for folding and TRE")
+    p.add_argument("--mask", type=Path, help="only count folding inside this label map (e.g. the fixed body)")
+    p.add_argument("--landmarks", type=Path, nargs=2, metavar=("FIXED_POINTS", "MOVING_POINTS"),
+                   help="CSV (x,y,z LPS mm) or Slicer markups .json")
+    p.add_argument("-o", "--output", type=Path, help="also write the report as JSON here")
+
+
+def _run_evaluate(args) -> int:
+    from .io import atomic_path
+    from .pipeline import run_evaluate
+
+    report = run_evaluate(args.labels, args.transform, args.mask, args.landmarks)
+    text = json.dumps(report, indent=2)
+    if args.output:
+        with atomic_path(args.output) as tmp:
+            tmp.write_text(text)
+    print(text)
+    return 0
+
+
+COMMANDS = {"register": (_add_register, _run_register), "warp": (_add_warp, _run_warp),
+            "evaluate": (_add_evaluate, _run_evaluate)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="totalregistrator", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for add, _ in COMMANDS.values():
+        add(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command][1](args)
+    except InputError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""Instance optimisation: registration of one CT pair by gradient descent, no weights needed.
+
+Stages, all on LPS-aligned working grids around the bodies (see
+:mod:`TotalRegistratorLib.preprocess`):
+
+1. Body-centroid translation.
+2. Affine (12 parameters) about the fixed body centroid, coarse to fine.
+3. A dense displacement field in mm on the fixed working grid, coarse to fine,
+   loss = similarity + ``smoothness`` * diffusion, optimised with Adam.
+
+Only fixed voxels inside the fixed image's field of view whose mapped point
+lies inside the moving image's field of view count in the similarity. The result is a pullback field in LPS mm on the fixed
+working grid (:mod:`TotalRegistratorLib.fields` convention), which the caller
+exports onto the fixed image's own grid.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import fields, runtime, similarity
+from .errors import InputError
+from .geometry import Grid, matrix_apply
+from .preprocess import Prepared
+from .regularization import diffusion
+
+Progress = Callable[[str, int, int], None]
+"""Called as ``progress(stage, done, total)`` while a stage runs."""
+
+SIMILARITIES = ("ncc", "mind", "mi")
+
+
+@dataclass
+class OptimizationSettings:
+    """Settings of :func:`optimize`; lengths in mm, iterations per pyramid level (coarse first)."""
+
+    similarity: str = "ncc"
+    spacing: float = 2.5
+    max_voxels: int = 2_500_000
+    affine_levels: tuple[int, ...] = (4, 2)
+    affine_iterations: tuple[int, ...] = (80, 40)
+    deformable_levels: tuple[int, ...] = (2, 1)
+    deformable_iterations: tuple[int, ...] = (100, 30)
+    smoothness: float = 1.0
+    field_factor: int = 2
+    ncc_radius: int = 2
+    learning_rate: float = 0.5
+    adam_eps: float = 1e-3
+    seed: int = 0
+    device: str = "auto"
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
+        if len(self.affine_levels) != len(self.affine_iterations):
+            raise ValueError("affine_levels and affine_iterations must have the same length")
+        if len(self.deformable_levels) != len(self.deformable_iterations):
+            raise ValueError("deformable_levels and deformable_iterations must have the same length")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA GPU is available here (use auto or cpu)")
+    return torch.device(name)
+
+
+@dataclass
+class Level:
+    """Fixed and moving features and masks at one pyramid level."""
+
+    grid: Grid
+    fixed: torch.Tensor
+    moving: torch.Tensor
+    moving_grid: Grid
+    fixed_statistics: tuple | None
+    fixed_valid: torch.Tensor  # [1, K, J, I] bool: similarity windows inside the fixed field of view
+
+
+class Similarity:
+    """A similarity measure as features (computed once per image) plus a loss between features."""
+
+    def __init__(self, name: str, ncc_radius: int, generator: torch.Generator):
+        self.name = name
+        self.ncc_radius = ncc_radius
+        self.generator = generator
+
+    @property
+    def reach(self) -> int:
+        """How many voxels around a voxel its loss term looks at."""
+        return {"ncc": self.ncc_radius, "mind": similarity.MIND_REACH, "mi": 0}[self.name]
+
+    def features(self, image: torch.Tensor) -> torch.Tensor:
+        return similarity.mind_ssc(image) if self.name == "mind" else image
+
+    def fixed_statistics(self, fixed: torch.Tensor):
+        """What the loss can precompute from the fixed features (NCC's local means and variances)."""
+        return similarity.local_statistics(fixed, self.ncc_radius) if self.name == "ncc" else None
+
+    def loss(self, level: Level, warped: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.name == "mind":
+            return similarity.mind_loss(level.fixed, warped, mask)
+        if self.name == "mi":
+            return similarity.mutual_information(level.fixed, warped, mask, generator=self.generator)
+        return similarity.local_ncc(level.fixed, warped, mask, self.ncc_radius, level.fixed_statistics)
+
+
+def downsample(image: torch.Tensor, grid: Grid, factor: int, domain: Grid) -> tuple[torch.Tensor, Grid]:
+    """Blur by a box of about ``factor`` voxels, then sample on the grid ``factor`` times coarser.
+
+    The blur is a normalised convolution over voxels inside ``domain`` (the
+    image's field of view), so padding outside it never bleeds into the image.
+    """
+    if factor == 1:
+        return image, grid
+    coarse = grid.scaled(factor)
+    radius = factor // 2
+    weight = fields.inside(grid.world_points(image.device, image.dtype), domain, margin=0.0)[:, None].to(image.dtype)
+    blurred = similarity.box_sum(image * weight, radius) / similarity.box_sum(weight, radius).clamp_min(1e-6)
+    return fields.sample(blurred, grid, coarse.world_points(image.device, image.dtype)), coarse
+
+
+def erode(valid: torch.Tensor, radius: int) -> torch.Tensor:
+    """Keep voxels whose whole (2r+1)^3 box is valid, so no similarity window reaches outside the data."""
+    if radius == 0:
+        return valid
+    full = (2 * radius + 1) ** 3 - 0.5
+    return similarity.box_sum(valid[:, None].to(torch.float32), radius)[:, 0] >= full
+
+
+def _levels(fixed: Prepared, moving: Prepared, factors, sim: Similarity) -> dict[int, Level]:
+    levels = {}
+    for f in sorted(set(factors)):
+        fixed_image, grid = downsample(fixed.tensor, fixed.grid, f, fixed.domain)
+        moving_image, moving_grid = downsample(moving.tensor, moving.grid, f, moving.domain)
+        fixed_features = sim.features(fixed_image)
+        fixed_valid = erode(fields.inside(grid.world_points(fixed_image.device), fixed.domain, margin=0.0), sim.reach)
+        levels[f] = Level(grid, fixed_features, sim.features(moving_image), moving_grid,
+                          sim.fixed_statistics(fixed_features), fixed_valid)
+    return levels
+
+
+def _affine_matrix(linear: torch.Tensor, shift: torch.Tensor, fixed_centre: np.ndarray,
+                   start: np.ndarray) -> torch.Tensor:
+    """4 x 4 fixed->moving LPS matrix: x -> start (I + linear) (x - c) + c + shift, c the fixed centroid.
+
+    ``start`` is the 4 x 4 initial matrix (the centroid translation).
+    """
+    dtype = linear.dtype
+    c = torch.as_tensor(fixed_centre, dtype=dtype)
+    m = torch.eye(4, dtype=dtype)
+    a = torch.eye(3, dtype=dtype) + linear
+    m = torch.cat([torch.cat([a, (c - a @ c + shift)[:, None]], 1), m[3:]], 0)
+    return torch.as_tensor(start, dtype=dtype) @ m
+
+
+def _step(level: Level, points: torch.Tensor, domain: Grid, sim: Similarity) -> torch.Tensor:
+    warped = fields.sample(level.moving, level.moving_grid, points)
+    valid = level.fixed_valid & erode(fields.inside(points, domain, margin=0.0), sim.reach)
+    valid = valid[:, None].to(points.dtype)
+    return sim.loss(level, warped, valid)
+
+
+def optimize(fixed: Prepared, moving: Prepared, settings: OptimizationSettings | None = None,
+             progress: Progress | None = None) -> tuple[torch.Tensor, np.ndarray, dict[str, float]]:
+    """Register ``moving`` to ``fixed`` (prepared on working grids of the same device).
+
+    Returns the pullback field [1, 3, K, J, I] (mm, LPS) on ``fixed.grid``, the
+    affine 4 x 4 fixed->moving matrix of the affine stage and seconds per stage.
+    """
+    settings = settings or OptimizationSettings()
+    progress = progress or (lambda stage, done, total: None)
+    runtime.configure()
+    torch.manual_seed(settings.seed)
+    generator = torch.Generator(device=fixed.tensor.device).manual_seed(settings.seed)
+    sim = Similarity(settings.similarity, settings.ncc_radius, generator)
+    timings: dict[str, float] = {}
+
+    start = time.perf_counter()
+    levels = _levels(fixed, moving, (*settings.affine_levels, *settings.deformable_levels), sim)
+    initial = np.eye(4)
+    initial[:3, 3] = moving.centroid - fixed.centroid
+    timings["pyramid"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    linear = torch.zeros(3, 3, requires_grad=True)
+    shift = torch.zeros(3, requires_grad=True)  # in dm: an Adam step of 0.01 moves about 1 mm
+    optimizer = torch.optim.Adam([linear, shift], lr=0.01, eps=1e-5)  # eps: ignore float noise
+    total, done = sum(settings.affine_iterations), 0
+    for factor, iterations in zip(settings.affine_levels, settings.affine_iterations):
+        level = levels[factor]
+        world = level.grid.world_points(fixed.tensor.device)
+        for _ in range(iterations):
+            optimizer.zero_grad()
+            matrix = _affine_matrix(linear, 100.0 * shift, fixed.centroid, initial).to(world)
+            loss = _step(level, matrix_apply(matrix, world), moving.domain, sim)
+            loss.backward()
+            optimizer.step()
+            done += 1
+            progress("affine", done, total)
+    affine = _affine_matrix(linear.detach(), 100.0 * shift.detach(), fixed.centroid, initial).double().numpy()
+    timings["affine"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    residual, residual_grid = None, fixed.grid
+    total, done = sum(settings.deformable_iterations), 0
+    for factor, iterations in zip(settings.deformable_levels, settings.deformable_iterations):
+        level = levels[factor]
+        # the residual field lives on a grid field_factor times coarser than the images of this level
+        param_grid = level.grid.scaled(settings.field_factor) if settings.field_factor > 1 else level.grid
+        residual = (torch.zeros(1, 3, *param_grid.shape, device=fixed.tensor.device) if residual is None
+                    else fields.resample_field(residual, residual_grid, param_grid)).requires_grad_(True)
+        residual_grid = param_grid
+        # Adam ignores gradient size; scaling the mean loss by the voxel count and a finite eps make
+        # directions with gradients far below the image signal (flat or unseen regions) stand still.
+        optimizer = torch.optim.Adam([residual], lr=settings.learning_rate, eps=settings.adam_eps)
+        scale = float(residual[0, 0].numel())
+        world = level.grid.world_points(fixed.tensor.device)
+        base = fields.affine_field(affine, level.grid, fixed.tensor.device)
+        for _ in range(iterations):
+            optimizer.zero_grad()
+            smooth = smooth_field(residual)
+            points = world + (base + upsample(smooth, level.grid)).movedim(1, -1)
+            loss = _step(level, points, moving.domain, sim) + settings.smoothness * diffusion(smooth, param_grid)
+            (loss * scale).backward()
+            optimizer.step()
+            done += 1
+            progress("deformable", done, total)
+        residual = smooth_field(residual.detach())
+    timings["deformable"] = time.perf_counter() - start
+
+    field_on_grid = fields.affine_field(affine, fixed.grid, fixed.tensor.device)
+    if residual is not None:
+        field_on_grid = field_on_grid + fields.resample_field(residual, residual_grid, fixed.grid)
+    return field_on_grid, affine, timings
+
+
+def upsample(field: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """Trilinear resize of a field to ``grid``'s shape, for grids over the same box (see :meth:`Grid.scaled`)."""
+    if tuple(field.shape[2:]) == grid.shape:
+        return field
+    return F.interpolate(field, size=grid.shape, mode="trilinear", align_corners=True)
+
+
+def smooth_field(field: torch.Tensor, passes: int = 2) -> torch.Tensor:
+    """Repeated 3^3 box averaging (edges replicated): a cheap Gaussian-like low-pass of the field."""
+    for _ in range(passes):
+        field = F.avg_pool3d(F.pad(field, [1] * 6, mode="replicate"), 3, stride=1)
+    return field

@@ -1,0 +1,223 @@
+"""File-to-folder jobs behind the command line: register, warp, evaluate.
+
+Every job validates all of its inputs before writing anything, writes into a
+staging folder, and moves the outputs into place only when all succeeded.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from . import __version__, io, metrics, preprocess, similarity
+from .errors import InputError
+from .export import displacement_image, transform_to_field
+from .geometry import Grid
+from .optimize import OptimizationSettings, Progress
+from .overview import save_overview
+from .registration import Result, register, resample_moving, subtraction
+
+REGISTER_OUTPUTS = ("transform.h5", "displacement.nii.gz", "warped.nii.gz", "subtraction_before.nii.gz",
+                    "subtraction_after.nii.gz", "overview.png", "report.json")
+
+
+def versions() -> dict[str, str]:
+    return {"TotalRegistrator": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "SimpleITK": sitk.Version_VersionString(), "numpy": np.__version__}
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process (MB); on CUDA also see ``torch.cuda.max_memory_allocated``."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def image_similarity(fixed: sitk.Image, other: sitk.Image, grid: Grid) -> float:
+    """Local NCC (radius 2, in [0, 1], higher is better) of two images of the fixed grid, on ``grid``."""
+    tensors = [preprocess.normalize_intensity(torch.as_tensor(sitk.GetArrayFromImage(
+        preprocess.resample(image, grid)))[None, None].float()) for image in (fixed, other)]
+    return float(-similarity.local_ncc(*tensors, radius=2))
+
+
+def _check_labels(labels: sitk.Image, reference: sitk.Image, path: Path) -> None:
+    if labels.GetSize() != reference.GetSize() or not np.allclose(
+            Grid.from_image(labels).index_to_world, Grid.from_image(reference).index_to_world, atol=1e-3):
+        raise InputError(f"{path}: label map does not share its image's grid")
+
+
+def dice_report(fixed_labels: sitk.Image, moving_labels: sitk.Image, result: Result,
+                transform: sitk.Transform) -> tuple[dict, sitk.Image]:
+    """Dice per label before (identity) and after registration, and the warped label map."""
+    fixed_array = sitk.GetArrayFromImage(fixed_labels)
+    before = sitk.GetArrayFromImage(resample_moving(moving_labels, result.fixed, labels=True))
+    warped = resample_moving(moving_labels, result.fixed, transform, labels=True)
+    after = sitk.GetArrayFromImage(warped)
+    labels = sorted(set(np.unique(fixed_array).tolist()) - {0})
+    scores = {"before": metrics.dice(fixed_array, before, labels), "after": metrics.dice(fixed_array, after, labels)}
+    for key in ("before", "after"):
+        scores[f"mean_{key}"] = float(np.nanmean(list(scores[key].values()))) if labels else float("nan")
+    return scores, warped
+
+
+def run_register(fixed_path: Path, moving_path: Path, output: Path, settings: OptimizationSettings,
+                 export_spacing: float | None = None, fixed_labels: Path | None = None,
+                 moving_labels: Path | None = None, progress: Progress | None = None) -> dict:
+    """Register two files and write the outputs of :data:`REGISTER_OUTPUTS` (plus warped labels) to ``output``."""
+    start = time.perf_counter()
+    io.check_output_dir(output)
+    fixed = io.read_image(fixed_path)
+    moving = io.read_image(moving_path)
+    label_maps = None
+    if (fixed_labels is None) != (moving_labels is None):
+        raise InputError(f"{fixed_labels or moving_labels}: give both --fixed-labels and --moving-labels")
+    if fixed_labels is not None:
+        label_maps = (io.read_image(fixed_labels, labels=True), io.read_image(moving_labels, labels=True))
+        _check_labels(label_maps[0], fixed, fixed_labels)
+        _check_labels(label_maps[1], moving, moving_labels)
+    timings = {"read": time.perf_counter() - start}
+
+    result = register(fixed, moving, settings, progress, names=(str(fixed_path), str(moving_path)))
+    timings.update(result.timings)
+
+    start = time.perf_counter()
+    transform = result.transform(export_spacing)
+    exported, exported_grid = transform_to_field(transform, Grid.from_image(result.fixed)), Grid.from_image(fixed)
+    before = resample_moving(moving, fixed)
+    warped = resample_moving(moving, fixed, transform)
+    report = {
+        "fixed": str(fixed_path), "moving": str(moving_path), "settings": settings.as_dict(),
+        "export_spacing_mm": export_spacing, "device": str(settings.device), "threads": torch.get_num_threads(),
+        "versions": versions(), "working_grid": {"size": result.grid.size, "spacing_mm": result.grid.spacing},
+        "affine_matrix": result.affine.tolist(),
+        "similarity_local_ncc": {"before": image_similarity(fixed, before, result.grid),
+                                 "after": image_similarity(fixed, warped, result.grid)},
+        "field_in_body": field_summary(exported, exported_grid, result.fixed_mask),
+    }
+    timings["export"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    with io.OutputFolder(output) as out:
+        io.write_transform(transform, out / "transform.h5")
+        io.write_image(displacement_image(transform), out / "displacement.nii.gz")
+        io.write_image(warped, out / "warped.nii.gz")
+        io.write_image(subtraction(fixed, before), out / "subtraction_before.nii.gz")
+        io.write_image(subtraction(fixed, warped), out / "subtraction_after.nii.gz")
+        if label_maps is not None:
+            report["dice"], warped_labels = dice_report(*label_maps, result, transform)
+            io.write_image(warped_labels, out / "warped_labels.nii.gz")
+        save_overview(out / "overview.png", {"fixed": fixed, "moving": before, "warped": warped,
+                                             "|fixed - moving|": subtraction(fixed, before),
+                                             "|fixed - warped|": subtraction(fixed, warped)},
+                      title=f"{Path(moving_path).name} -> {Path(fixed_path).name}")
+        timings["write"] = time.perf_counter() - start
+        timings["total"] = sum(timings.values())
+        report["timings_s"] = timings
+        report["peak_memory_mb"] = peak_memory_mb()
+        if torch.cuda.is_available():
+            report["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        with io.atomic_path(out / "report.json") as tmp:
+            tmp.write_text(json.dumps(report, indent=2, default=_json_default))
+    return report
+
+
+def field_summary(field: torch.Tensor, grid: Grid, mask: np.ndarray | None = None) -> dict[str, float]:
+    """Folding, SDlogJ and displacement magnitude statistics of a field (inside ``mask`` if given)."""
+    stats = metrics.jacobian_statistics(field, grid, mask)
+    magnitude = field[0].norm(dim=0).numpy()
+    if mask is not None:
+        magnitude = magnitude[np.asarray(mask, bool)]
+    stats.update(displacement_mean_mm=float(magnitude.mean()), displacement_max_mm=float(magnitude.max()))
+    return stats
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, (tuple, Path)):
+        return list(value) if isinstance(value, tuple) else str(value)
+    raise TypeError(f"cannot serialise {type(value)}")
+
+
+def run_warp(input_path: Path, transform_path: Path, reference_path: Path, output: Path, labels: bool) -> None:
+    """Resample ``input`` onto ``reference``'s grid through an ITK transform file (nearest for labels).
+
+    Images get the input's minimum value outside its field of view (air for CT).
+    """
+    image = io.read_image(input_path, labels=labels)
+    transform = io.read_transform(transform_path)
+    reference = io.read_image(reference_path, labels=True)
+    default = None if labels else float(sitk.GetArrayViewFromImage(image).min())
+    if Path(output).resolve() in {Path(p).resolve() for p in (input_path, transform_path, reference_path)}:
+        raise InputError(f"{output}: output would overwrite an input")
+    io.write_image(resample_moving(image, reference, transform, labels=labels, default=default), output)
+
+
+def read_landmarks(path: Path) -> np.ndarray:
+    """Landmarks (n, 3) in LPS mm from a CSV (x, y, z columns, LPS) or a Slicer .json markups file (RAS or LPS)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such landmark file")
+    try:
+        if path.suffix == ".json":
+            markups = json.loads(path.read_text())["markups"][0]
+            points = np.array([p["position"] for p in markups["controlPoints"]], float)
+            if markups.get("coordinateSystem", "LPS") == "RAS":
+                points[:, :2] *= -1
+            return points.reshape(-1, 3)
+        rows = [line.split(",") for line in path.read_text().splitlines() if line.strip()]
+        if rows and not _is_number(rows[0][-1]):
+            rows = rows[1:]
+        return np.array([[float(v) for v in row[-3:]] for row in rows], float).reshape(-1, 3)
+    except (ValueError, KeyError, IndexError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: cannot read landmarks ({err})") from None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def run_evaluate(labels: tuple[Path, Path] | None = None, transform_path: Path | None = None,
+                 mask_path: Path | None = None, landmarks: tuple[Path, Path] | None = None) -> dict:
+    """Dice per label between two label maps, folding of a transform, TRE between landmark lists."""
+    report: dict = {}
+    transform = io.read_transform(transform_path) if transform_path else None
+    if labels:
+        a, b = (io.read_image(p, labels=True) for p in labels)
+        if a.GetSize() != b.GetSize():
+            raise InputError(f"{labels[1]}: label map size {b.GetSize()} differs from {labels[0]} {a.GetSize()}")
+        scores = metrics.dice(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b))
+        report["dice"] = scores
+        report["dice_mean"] = float(np.nanmean(list(scores.values()))) if scores else float("nan")
+    if transform is not None:
+        if not isinstance(transform, sitk.DisplacementFieldTransform):
+            raise InputError(f"{transform_path}: folding needs a displacement field transform")
+        field_image = transform.GetDisplacementField()
+        grid = Grid.from_image(field_image)
+        mask = None
+        if mask_path:
+            mask_image = io.read_image(mask_path, labels=True)
+            mask = sitk.GetArrayFromImage(resample_moving(mask_image, field_image, labels=True)) > 0
+        report["field"] = field_summary(transform_to_field(transform, grid), grid, mask)
+    if landmarks:
+        fixed_points, moving_points = (read_landmarks(p) for p in landmarks)
+        if fixed_points.shape != moving_points.shape:
+            raise InputError(f"{landmarks[1]}: {len(moving_points)} landmarks, but {landmarks[0]} has "
+                             f"{len(fixed_points)}")
+        before = metrics.target_registration_error(fixed_points, moving_points)
+        report["tre_mm"] = {"before_mean": float(before.mean()), "before": before.tolist()}
+        if transform is not None:
+            after = metrics.target_registration_error(fixed_points, moving_points, transform)
+            report["tre_mm"].update(after_mean=float(after.mean()), after=after.tolist())
+    if not report:
+        raise InputError("evaluate: give --labels, --transform and/or --landmarks")
+    return report
