@@ -34,6 +34,7 @@ Progress = Callable[[str, int, int], None]
 """Called as ``progress(stage, done, total)`` while a stage runs."""
 
 SIMILARITIES = ("ncc", "mind", "mi")
+FOV_TOLERANCE = 1e-3  # voxels: points on an edge voxel centre count as inside whatever rounding says
 
 
 @dataclass
@@ -50,8 +51,9 @@ class OptimizationSettings:
     smoothness: float = 1.0
     field_factor: int = 2
     ncc_radius: int = 2
-    learning_rate: float = 0.5
-    adam_eps: float = 1e-3
+    learning_rate: float = 0.5  # mm per Adam step of the dense field
+    affine_learning_rate: float = 0.01  # per step of the linear part; the shift moves 100x this in mm
+    adam_eps: float = 1e-2
     seed: int = 0
     device: str = "auto"
     extra: dict = field(default_factory=dict)
@@ -127,7 +129,7 @@ def downsample(image: torch.Tensor, grid: Grid, factor: int, domain: Grid) -> tu
         return image, grid
     coarse = grid.scaled(factor)
     radius = factor // 2
-    weight = fields.inside(grid.world_points(image.device, image.dtype), domain, margin=0.0)[:, None].to(image.dtype)
+    weight = fields.inside(grid.world_points(image.device, image.dtype), domain, margin=FOV_TOLERANCE)[:, None].to(image.dtype)
     blurred = similarity.box_sum(image * weight, radius) / similarity.box_sum(weight, radius).clamp_min(1e-6)
     return fields.sample(blurred, grid, coarse.world_points(image.device, image.dtype)), coarse
 
@@ -146,7 +148,7 @@ def _levels(fixed: Prepared, moving: Prepared, factors, sim: Similarity) -> dict
         fixed_image, grid = downsample(fixed.tensor, fixed.grid, f, fixed.domain)
         moving_image, moving_grid = downsample(moving.tensor, moving.grid, f, moving.domain)
         fixed_features = sim.features(fixed_image)
-        fixed_valid = erode(fields.inside(grid.world_points(fixed_image.device), fixed.domain, margin=0.0), sim.reach)
+        fixed_valid = erode(fields.inside(grid.world_points(fixed_image.device), fixed.domain, margin=FOV_TOLERANCE), sim.reach)
         levels[f] = Level(grid, fixed_features, sim.features(moving_image), moving_grid,
                           sim.fixed_statistics(fixed_features), fixed_valid)
     return levels
@@ -168,7 +170,7 @@ def _affine_matrix(linear: torch.Tensor, shift: torch.Tensor, fixed_centre: np.n
 
 def _step(level: Level, points: torch.Tensor, domain: Grid, sim: Similarity) -> torch.Tensor:
     warped = fields.sample(level.moving, level.moving_grid, points)
-    valid = level.fixed_valid & erode(fields.inside(points, domain, margin=0.0), sim.reach)
+    valid = level.fixed_valid & erode(fields.inside(points, domain, margin=FOV_TOLERANCE), sim.reach)
     valid = valid[:, None].to(points.dtype)
     return sim.loss(level, warped, valid)
 
@@ -197,12 +199,13 @@ def optimize(fixed: Prepared, moving: Prepared, settings: OptimizationSettings |
     start = time.perf_counter()
     linear = torch.zeros(3, 3, requires_grad=True)
     shift = torch.zeros(3, requires_grad=True)  # in dm: an Adam step of 0.01 moves about 1 mm
-    optimizer = torch.optim.Adam([linear, shift], lr=0.01, eps=1e-5)  # eps: ignore float noise
+    optimizer = torch.optim.Adam([linear, shift], lr=settings.affine_learning_rate, eps=1e-5)
     total, done = sum(settings.affine_iterations), 0
     for factor, iterations in zip(settings.affine_levels, settings.affine_iterations):
         level = levels[factor]
         world = level.grid.world_points(fixed.tensor.device)
-        for _ in range(iterations):
+        for step in range(iterations):
+            anneal(optimizer, settings.affine_learning_rate, step, iterations)
             optimizer.zero_grad()
             matrix = _affine_matrix(linear, 100.0 * shift, fixed.centroid, initial).to(world)
             loss = _step(level, matrix_apply(matrix, world), moving.domain, sim)
@@ -229,7 +232,8 @@ def optimize(fixed: Prepared, moving: Prepared, settings: OptimizationSettings |
         scale = float(residual[0, 0].numel())
         world = level.grid.world_points(fixed.tensor.device)
         base = fields.affine_field(affine, level.grid, fixed.tensor.device)
-        for _ in range(iterations):
+        for step in range(iterations):
+            anneal(optimizer, settings.learning_rate, step, iterations)
             optimizer.zero_grad()
             smooth = smooth_field(residual)
             points = world + (base + upsample(smooth, level.grid)).movedim(1, -1)
@@ -245,6 +249,17 @@ def optimize(fixed: Prepared, moving: Prepared, settings: OptimizationSettings |
     if residual is not None:
         field_on_grid = field_on_grid + fields.resample_field(residual, residual_grid, fixed.grid)
     return field_on_grid, affine, timings
+
+
+def anneal(optimizer: torch.optim.Optimizer, peak: float, step: int, total: int, floor: float = 0.05) -> None:
+    """Cosine learning-rate decay from ``peak`` to ``floor * peak`` over a level.
+
+    Adam's steps do not shrink with the gradient, so with a constant rate the
+    parameters keep oscillating by about one step around the optimum.
+    """
+    fraction = step / max(total - 1, 1)
+    for group in optimizer.param_groups:
+        group["lr"] = peak * (floor + (1 - floor) * 0.5 * (1 + np.cos(np.pi * fraction)))
 
 
 def upsample(field: torch.Tensor, grid: Grid) -> torch.Tensor:

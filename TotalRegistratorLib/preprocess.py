@@ -93,7 +93,7 @@ class Prepared:
     tensor: torch.Tensor
     grid: Grid
     mask: torch.Tensor  # body mask on ``grid``, [1, 1, K, J, I] float
-    centroid: np.ndarray  # body centroid, LPS mm
+    centroid: np.ndarray  # body centroid on the working grid, LPS mm
     domain: Grid  # the original image's grid (its field of view)
 
 
@@ -112,7 +112,8 @@ def prepare(image: sitk.Image, grid_for, name: str = "image", device="cpu", mask
     on_grid = sitk.GetArrayFromImage(resample(cropped, grid))
     mask_on_grid = sitk.GetArrayFromImage(resample(mask_to_image(mask, image), grid, labels=True, default=0))
     domain = Grid.from_image(image)
-    centroid = domain.transform_indices(np.argwhere(mask)[:, ::-1].mean(axis=0))
+    # centroid from the resampled mask, so a scan stored in another orientation gives bit-identical input
+    centroid = grid.transform_indices(np.argwhere(mask_on_grid)[:, ::-1].mean(axis=0))
     return Prepared(_as_tensor(normalize_intensity(on_grid), device), grid, _as_tensor(mask_on_grid, device),
                     centroid, domain)
 

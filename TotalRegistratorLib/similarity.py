@@ -42,35 +42,23 @@ def local_statistics(image: torch.Tensor, radius: int) -> tuple[torch.Tensor, to
 
 
 def local_ncc(fixed: torch.Tensor, warped: torch.Tensor, mask: torch.Tensor | None = None, radius: int = 2,
-              fixed_statistics: tuple[torch.Tensor, torch.Tensor] | None = None, eps: float = 1e-10) -> torch.Tensor:
+              fixed_statistics: tuple[torch.Tensor, torch.Tensor] | None = None,
+              min_variance: float = 6.25e-8) -> torch.Tensor:
     """Negative mean local NCC in [-1, 0] (squared correlation, as in VoxelMorph).
 
     ``fixed_statistics`` = :func:`local_statistics` (fixed, radius) saves recomputing them every iteration.
-    ``eps`` only guards flat windows: a larger value (VoxelMorph uses 1e-5) rewards raising the
-    warped image's local contrast in soft tissue, where the product of variances is about 1e-9.
+    Variances are floored at ``min_variance`` (0.5 HU std on the [0, 1] scale) instead of adding
+    an epsilon: an added epsilon rewards raising the warped image's local contrast wherever the
+    product of variances is small, which pulls smooth regions of identical images apart.
     """
     n = float((2 * radius + 1) ** 3)
     mean_f, var_f = fixed_statistics or local_statistics(fixed, radius)
     mean_w, square_w, product = (box_sum(torch.cat([warped, warped * warped, fixed * warped], 1), radius) / n
                                  ).split(1, dim=1)
     cross = product - mean_f * mean_w
-    var_w = (square_w - mean_w * mean_w).clamp_min(0)
-    return -_masked_mean(cross * cross / (var_f * var_w + eps), mask)
-
-
-# Six-neighbourhood pairs of MIND-SSC: the 12 edges between the six face neighbours
-# that are sqrt(2) apart (Heinrich et al., MICCAI 2013).
-_SIX = torch.tensor([[0, 1, 1], [1, 1, 0], [1, 0, 1], [1, 1, 2], [2, 1, 1], [1, 2, 1]])
-
-
-def _ssc_pairs() -> tuple[torch.Tensor, torch.Tensor]:
-    first, second = [], []
-    for a in range(6):
-        for b in range(a + 1, 6):
-            if int(((_SIX[a] - _SIX[b]) ** 2).sum()) == 2:
-                first.append(_SIX[a])
-                second.append(_SIX[b])
-    return torch.stack(first), torch.stack(second)
+    var_w = square_w - mean_w * mean_w
+    ncc = cross * cross / (var_f.clamp_min(min_variance) * var_w.clamp_min(min_variance))
+    return -_masked_mean(ncc.clamp_max(1.0), mask)
 
 
 MIND_RADIUS, MIND_DILATION = 1, 2
