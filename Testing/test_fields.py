@@ -17,7 +17,8 @@ def smooth_field(grid: Grid, amplitude: float = 6.0) -> torch.Tensor:
     pts = grid.world_points(dtype=torch.float64)
     centre = torch.as_tensor(grid.corners().mean(axis=0))
     rel = pts - centre
-    bump = torch.stack([torch.sin(rel[..., 1] / 17.0), torch.cos(rel[..., 2] / 23.0), torch.sin(rel[..., 0] / 19.0)], -1)
+    x, y, z = rel.unbind(-1)
+    bump = torch.stack([torch.sin(y / 17.0), torch.cos(z / 23.0), torch.sin(x / 19.0)], -1)
     rot = torch.as_tensor(rotation("z", 7) @ rotation("x", 3))
     u = amplitude * bump + (rel @ rot.T - rel)
     return u.movedim(-1, 1).float()

@@ -8,8 +8,10 @@ Stages, all on LPS-aligned working grids around the bodies (see
 3. A dense displacement field in mm on the fixed working grid, coarse to fine,
    loss = similarity + ``smoothness`` * diffusion, optimised with Adam.
 
-Only fixed voxels inside the fixed image's field of view whose mapped point
-lies inside the moving image's field of view count in the similarity. The result is a pullback field in LPS mm on the fixed
+Only fixed voxels inside the fixed image's field of view whose mapped point lies
+inside the moving image's field of view count in the similarity, and only where
+the similarity's whole window does (masks eroded by its reach). Learning rates
+anneal within each level. The result is a pullback field in LPS mm on the fixed
 working grid (:mod:`TotalRegistratorLib.fields` convention), which the caller
 exports onto the fixed image's own grid.
 """
@@ -129,7 +131,8 @@ def downsample(image: torch.Tensor, grid: Grid, factor: int, domain: Grid) -> tu
         return image, grid
     coarse = grid.scaled(factor)
     radius = factor // 2
-    weight = fields.inside(grid.world_points(image.device, image.dtype), domain, margin=FOV_TOLERANCE)[:, None].to(image.dtype)
+    points = grid.world_points(image.device, image.dtype)
+    weight = fields.inside(points, domain, margin=FOV_TOLERANCE)[:, None].to(image.dtype)
     blurred = similarity.box_sum(image * weight, radius) / similarity.box_sum(weight, radius).clamp_min(1e-6)
     return fields.sample(blurred, grid, coarse.world_points(image.device, image.dtype)), coarse
 
@@ -148,7 +151,8 @@ def _levels(fixed: Prepared, moving: Prepared, factors, sim: Similarity) -> dict
         fixed_image, grid = downsample(fixed.tensor, fixed.grid, f, fixed.domain)
         moving_image, moving_grid = downsample(moving.tensor, moving.grid, f, moving.domain)
         fixed_features = sim.features(fixed_image)
-        fixed_valid = erode(fields.inside(grid.world_points(fixed_image.device), fixed.domain, margin=FOV_TOLERANCE), sim.reach)
+        in_view = fields.inside(grid.world_points(fixed_image.device), fixed.domain, margin=FOV_TOLERANCE)
+        fixed_valid = erode(in_view, sim.reach)
         levels[f] = Level(grid, fixed_features, sim.features(moving_image), moving_grid,
                           sim.fixed_statistics(fixed_features), fixed_valid)
     return levels

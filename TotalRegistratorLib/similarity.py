@@ -61,6 +61,21 @@ def local_ncc(fixed: torch.Tensor, warped: torch.Tensor, mask: torch.Tensor | No
     return -_masked_mean(ncc.clamp_max(1.0), mask)
 
 
+# Six-neighbourhood pairs of MIND-SSC: the 12 edges between the six face neighbours
+# that are sqrt(2) apart (Heinrich et al., MICCAI 2013).
+_SIX = torch.tensor([[0, 1, 1], [1, 1, 0], [1, 0, 1], [1, 1, 2], [2, 1, 1], [1, 2, 1]])
+
+
+def _ssc_pairs() -> tuple[torch.Tensor, torch.Tensor]:
+    first, second = [], []
+    for a in range(6):
+        for b in range(a + 1, 6):
+            if int(((_SIX[a] - _SIX[b]) ** 2).sum()) == 2:
+                first.append(_SIX[a])
+                second.append(_SIX[b])
+    return torch.stack(first), torch.stack(second)
+
+
 MIND_RADIUS, MIND_DILATION = 1, 2
 MIND_REACH = MIND_RADIUS + MIND_DILATION  # voxels a descriptor depends on around its centre
 
