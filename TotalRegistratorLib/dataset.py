@@ -2,14 +2,17 @@
 
 Each scan is preprocessed exactly as at inference (:func:`TotalRegistratorLib.preprocess.prepare`
 on :func:`~TotalRegistratorLib.preprocess.network_grid`: body crop, 128 x 96 x 160
-voxels, HU clipped and scaled to [0, 1]); its label map is resampled (nearest)
+voxels by default (``size``), HU clipped and scaled to [0, 1]); its label map is resampled (nearest)
 onto the same grid. The cache holds one ``.pt`` file per scan, keyed by a hash
 of the image and label paths, their sizes and modification times, the label
 format and the preprocessing settings; label maps are stored as uint8 and
 expanded to masks on access. Items are dicts of tensors:
 ``fixed``/``moving`` [1, K, J, I] float32, ``fixed_masks``/``moving_masks``
-[S, K, J, I] uint8 in the order of ``structures``, and ``swapped`` (the paper's
-random fixed <-> moving swap, reproducible from ``seed`` and the epoch).
+[S, K, J, I] uint8 in the order of ``structures``, ``fixed_index_to_world``/
+``moving_index_to_world`` [4, 4] float64 (each scan's network grid: voxel index
+(i, j, k) -> LPS mm; :func:`network_grids` turns them back into grids), and
+``swapped`` (the paper's random fixed <-> moving swap, reproducible from ``seed``
+and the epoch).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,39 +30,55 @@ import torch
 from torch.utils.data import Dataset
 
 from .errors import InputError
+from .geometry import Grid
 from .io import atomic_path, read_image
 from .labels import LABELS, TRAINING_STRUCTURES, PairRecord, read_structures
-from .preprocess import HU_RANGE, NETWORK_SIZE, network_grid, prepare, resample
+from .preprocess import HU_RANGE, NETWORK_SIZE, body_grid, prepare, resample
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
-def cache_key(image: Path, labels: Path, label_format: str) -> str:
+def cache_key(image: Path, labels: Path, label_format: str, size: tuple[int, int, int] = NETWORK_SIZE) -> str:
     """Hash of what a cached scan depends on: files (path, size, mtime) and preprocessing settings."""
     def stamp(path: Path) -> list:
         stat = path.stat()
         return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
 
-    settings = [CACHE_VERSION, NETWORK_SIZE, HU_RANGE, label_format, stamp(image), stamp(labels)]
+    settings = [CACHE_VERSION, list(size), HU_RANGE, label_format, stamp(image), stamp(labels)]
     return hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:24]
 
 
-def preprocess_scan(image: Path, labels: Path, label_format: str = "structures") -> dict[str, torch.Tensor]:
-    """One scan on its network grid: ``image`` [1, K, J, I] float32 in [0, 1], ``labels`` [K, J, I] uint8."""
+def preprocess_scan(image: Path, labels: Path, label_format: str = "structures",
+                    size: tuple[int, int, int] = NETWORK_SIZE) -> dict[str, torch.Tensor]:
+    """One scan on its network grid (``size`` voxels x, y, z over the body box): ``image`` [1, K, J, I]
+    float32 in [0, 1], ``labels`` [K, J, I] uint8, ``index_to_world`` [4, 4] float64 (index -> LPS mm)."""
     ct = read_image(image)
     structures = read_structures(labels, label_format)
     if structures.GetSize() != ct.GetSize():
         raise InputError(f"{labels}: label map size {structures.GetSize()} differs from {image.name}'s {ct.GetSize()}")
-    prepared = prepare(ct, network_grid, name=str(image))
+    prepared = prepare(ct, partial(body_grid, size=size), name=str(image))  # size NETWORK_SIZE: network_grid
     on_grid = sitk.GetArrayFromImage(resample(structures, prepared.grid, labels=True, default=0))
-    return {"image": prepared.tensor[0].contiguous(), "labels": torch.as_tensor(on_grid.astype(np.uint8))}
+    return {"image": prepared.tensor[0].contiguous(), "labels": torch.as_tensor(on_grid.astype(np.uint8)),
+            "index_to_world": torch.as_tensor(prepared.grid.index_to_world)}
+
+
+def network_grids(item: dict[str, torch.Tensor]) -> tuple[Grid, Grid]:
+    """The (fixed, moving) network grids of an item, or of a batch of one item."""
+    def grid(side: str) -> Grid:
+        matrix = item[f"{side}_index_to_world"].reshape(4, 4).double().numpy()
+        spacing = np.linalg.norm(matrix[:3, :3], axis=0)
+        return Grid(tuple(item[side].shape[-1:-4:-1]), tuple(spacing), tuple(matrix[:3, 3]),
+                    tuple((matrix[:3, :3] / spacing).ravel()))
+
+    return grid("fixed"), grid("moving")
 
 
 class PairDataset(Dataset):
     """Pairs from a pairs CSV (:func:`TotalRegistratorLib.labels.read_pairs_csv`) as cached network tensors."""
 
     def __init__(self, records: Sequence[PairRecord], cache_dir: str | os.PathLike,
-                 structures: tuple[str, ...] = TRAINING_STRUCTURES, swap: bool = True, seed: int = 0):
+                 structures: tuple[str, ...] = TRAINING_STRUCTURES, swap: bool = True, seed: int = 0,
+                 size: tuple[int, int, int] = NETWORK_SIZE):
         for r in records:
             if r.fixed_labels is None or r.moving_labels is None:
                 raise InputError(f"{r.fixed}: pair has no label maps (training needs fixed_labels and moving_labels)")
@@ -68,6 +88,7 @@ class PairDataset(Dataset):
         self.ids = torch.tensor([LABELS[s] for s in structures], dtype=torch.uint8).reshape(-1, 1, 1, 1)
         self.swap = swap
         self.seed = seed
+        self.size = tuple(size)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -79,10 +100,10 @@ class PairDataset(Dataset):
 
     def scan(self, image: Path, labels: Path, label_format: str) -> dict[str, torch.Tensor]:
         """A preprocessed scan from the cache, preprocessing and storing it on a miss."""
-        path = self.cache_dir / f"{cache_key(image, labels, label_format)}.pt"
+        path = self.cache_dir / f"{cache_key(image, labels, label_format, self.size)}.pt"
         if path.is_file():
             return torch.load(path, weights_only=True)
-        scan = preprocess_scan(image, labels, label_format)
+        scan = preprocess_scan(image, labels, label_format, self.size)
         with atomic_path(path) as tmp:
             torch.save(scan, tmp)
         return scan
@@ -98,5 +119,6 @@ class PairDataset(Dataset):
             "fixed": fixed["image"], "moving": moving["image"],
             "fixed_masks": (fixed["labels"][None] == self.ids).to(torch.uint8),
             "moving_masks": (moving["labels"][None] == self.ids).to(torch.uint8),
+            "fixed_index_to_world": fixed["index_to_world"], "moving_index_to_world": moving["index_to_world"],
             "swapped": torch.tensor(swapped),
         }
