@@ -13,8 +13,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from . import runtime
 from .errors import InputError
 from .optimize import SIMILARITIES, OptimizationSettings
+from .phantom_cli import add_phantom_command
 
 
 class ProgressBars:
@@ -70,9 +72,10 @@ def _add_register(subparsers) -> None:
     p.add_argument("--fixed-labels", type=Path, help="label map of the fixed image: report Dice before/after")
     p.add_argument("--moving-labels", type=Path, help="label map of the moving image (also warped)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_register)
 
 
-def _run_register(args) -> int:
+def _run_register(args: argparse.Namespace) -> int:
     from .pipeline import run_register
 
     if len(args.iterations) != 2 or len(args.affine_iterations) != 2:
@@ -102,9 +105,10 @@ def _add_warp(subparsers) -> None:
     p.add_argument("--reference", type=Path, required=True, help="image whose grid the output takes (the fixed)")
     p.add_argument("--labels", action="store_true", help="nearest-neighbour interpolation for label maps")
     p.add_argument("-o", "--output", type=Path, required=True)
+    p.set_defaults(func=_run_warp)
 
 
-def _run_warp(args) -> int:
+def _run_warp(args: argparse.Namespace) -> int:
     from .pipeline import run_warp
 
     run_warp(args.input, args.transform, args.reference, args.output, args.labels)
@@ -115,17 +119,19 @@ def _add_evaluate(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="Dice between label maps, folding of a transform, landmark TRE")
     p.add_argument("--labels", type=Path, nargs=2, metavar=("FIXED_LABELS", "WARPED_LABELS"))
     p.add_argument("--transform", type=Path, help="displacement field transform (.h5) for folding and TRE")
-    p.add_argument("--mask", type=Path, help="only count folding inside this label map (e.g. the fixed body)")
+    p.add_argument("--mask", type=Path, help="only count folding and errors inside this label map (e.g. fixed labels)")
+    p.add_argument("--truth", type=Path, help="ground-truth transform: report the displacement error of --transform")
     p.add_argument("--landmarks", type=Path, nargs=2, metavar=("FIXED_POINTS", "MOVING_POINTS"),
                    help="CSV (x,y,z LPS mm) or Slicer markups .json")
     p.add_argument("-o", "--output", type=Path, help="also write the report as JSON here")
+    p.set_defaults(func=_run_evaluate)
 
 
-def _run_evaluate(args) -> int:
+def _run_evaluate(args: argparse.Namespace) -> int:
     from .io import atomic_path
     from .pipeline import run_evaluate
 
-    report = run_evaluate(args.labels, args.transform, args.mask, args.landmarks)
+    report = run_evaluate(args.labels, args.transform, args.mask, args.landmarks, args.truth)
     text = json.dumps(report, indent=2)
     if args.output:
         with atomic_path(args.output) as tmp:
@@ -134,23 +140,21 @@ def _run_evaluate(args) -> int:
     return 0
 
 
-COMMANDS = {"register": (_add_register, _run_register), "warp": (_add_warp, _run_warp),
-            "evaluate": (_add_evaluate, _run_evaluate)}
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="totalregistrator", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for add, _ in COMMANDS.values():
+    for add in (_add_register, _add_warp, _add_evaluate, add_phantom_command):
         add(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (2 for bad input)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    runtime.configure()
     try:
-        return COMMANDS[args.command][1](args)
+        return args.func(args)
     except InputError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2

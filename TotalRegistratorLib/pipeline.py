@@ -87,7 +87,8 @@ def run_register(fixed_path: Path, moving_path: Path, output: Path, settings: Op
 
     start = time.perf_counter()
     transform = result.transform(export_spacing)
-    exported, exported_grid = transform_to_field(transform, Grid.from_image(result.fixed)), Grid.from_image(fixed)
+    body_on_grid = sitk.GetArrayFromImage(preprocess.resample(
+        preprocess.mask_to_image(result.fixed_mask, fixed), result.grid, labels=True, default=0)) > 0
     before = resample_moving(moving, fixed)
     warped = resample_moving(moving, fixed, transform)
     report = {
@@ -97,7 +98,7 @@ def run_register(fixed_path: Path, moving_path: Path, output: Path, settings: Op
         "affine_matrix": result.affine.tolist(),
         "similarity_local_ncc": {"before": image_similarity(fixed, before, result.grid),
                                  "after": image_similarity(fixed, warped, result.grid)},
-        "field_in_body": field_summary(exported, exported_grid, result.fixed_mask),
+        "field_in_body": field_summary(result.field, result.grid, body_on_grid),  # on the working grid
     }
     timings["export"] = time.perf_counter() - start
 
@@ -187,10 +188,15 @@ def _is_number(text: str) -> bool:
 
 
 def run_evaluate(labels: tuple[Path, Path] | None = None, transform_path: Path | None = None,
-                 mask_path: Path | None = None, landmarks: tuple[Path, Path] | None = None) -> dict:
-    """Dice per label between two label maps, folding of a transform, TRE between landmark lists."""
+                 mask_path: Path | None = None, landmarks: tuple[Path, Path] | None = None,
+                 truth_path: Path | None = None) -> dict:
+    """Dice per label between two label maps, folding of a transform, TRE between landmark lists,
+    and the displacement error of a transform against a ground-truth transform (on the truth's grid).
+    """
     report: dict = {}
     transform = io.read_transform(transform_path) if transform_path else None
+    if truth_path and transform is None:
+        raise InputError(f"{truth_path}: --truth needs --transform to compare with")
     if labels:
         a, b = (io.read_image(p, labels=True) for p in labels)
         if a.GetSize() != b.GetSize():
@@ -198,16 +204,31 @@ def run_evaluate(labels: tuple[Path, Path] | None = None, transform_path: Path |
         scores = metrics.dice(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b))
         report["dice"] = scores
         report["dice_mean"] = float(np.nanmean(list(scores.values()))) if scores else float("nan")
+    mask_image = io.read_image(mask_path, labels=True) if mask_path else None
+
+    def mask_on(grid: Grid) -> np.ndarray | None:
+        if mask_image is None:
+            return None
+        return sitk.GetArrayFromImage(resample_moving(mask_image, grid.reference_image(), labels=True)) > 0
+
     if transform is not None:
         if not isinstance(transform, sitk.DisplacementFieldTransform):
             raise InputError(f"{transform_path}: folding needs a displacement field transform")
-        field_image = transform.GetDisplacementField()
-        grid = Grid.from_image(field_image)
-        mask = None
-        if mask_path:
-            mask_image = io.read_image(mask_path, labels=True)
-            mask = sitk.GetArrayFromImage(resample_moving(mask_image, field_image, labels=True)) > 0
-        report["field"] = field_summary(transform_to_field(transform, grid), grid, mask)
+        grid = Grid.from_image(transform.GetDisplacementField())
+        report["field"] = field_summary(transform_to_field(transform, grid), grid, mask_on(grid))
+    if truth_path:
+        truth = io.read_transform(truth_path)
+        if not isinstance(truth, sitk.DisplacementFieldTransform):
+            raise InputError(f"{truth_path}: ground truth must be a displacement field transform")
+        grid = Grid.from_image(truth.GetDisplacementField())
+        true_field = transform_to_field(truth, grid)[0]
+        error = (transform_to_field(transform, grid)[0] - true_field).norm(dim=0).numpy()
+        initial = true_field.norm(dim=0).numpy()
+        mask = mask_on(grid)
+        if mask is not None:
+            error, initial = error[mask], initial[mask]
+        report["error_vs_truth_mm"] = {"mean": float(error.mean()), "p95": float(np.percentile(error, 95)),
+                                       "max": float(error.max()), "unregistered_mean": float(initial.mean())}
     if landmarks:
         fixed_points, moving_points = (read_landmarks(p) for p in landmarks)
         if fixed_points.shape != moving_points.shape:
@@ -219,5 +240,5 @@ def run_evaluate(labels: tuple[Path, Path] | None = None, transform_path: Path |
             after = metrics.target_registration_error(fixed_points, moving_points, transform)
             report["tre_mm"].update(after_mean=float(after.mean()), after=after.tolist())
     if not report:
-        raise InputError("evaluate: give --labels, --transform and/or --landmarks")
+        raise InputError("evaluate: give --labels, --transform, --truth and/or --landmarks")
     return report

@@ -1,0 +1,33 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   -- builds .venv, makes a phantom CT pair and registers it (outputs in demo_output/)
+#   make test   -- builds .venv and runs ruff and the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO := demo_output
+
+.PHONY: demo test venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test]"
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/totalregistrator phantom -o $(DEMO)/phantom --pairs 1 --kind intra --seed 7 --spacing 4
+	$(BIN)/totalregistrator register $(DEMO)/phantom/pair000_fixed.nii.gz $(DEMO)/phantom/pair000_moving.nii.gz \
+		--fixed-labels $(DEMO)/phantom/pair000_fixed_labels.nii.gz \
+		--moving-labels $(DEMO)/phantom/pair000_moving_labels.nii.gz -o $(DEMO)/registration
+	$(BIN)/totalregistrator evaluate --transform $(DEMO)/registration/transform.h5 \
+		--truth $(DEMO)/phantom/pair000_transform.h5 --mask $(DEMO)/phantom/pair000_fixed_labels.nii.gz \
+		-o $(DEMO)/registration/evaluation.json
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q Testing
+
+clean:
+	rm -rf $(DEMO)

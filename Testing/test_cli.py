@@ -1,0 +1,200 @@
+"""The command line end to end: register, warp, evaluate, and every bad input of the foundation issue."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import torso
+
+from TotalRegistratorLib import metrics
+from TotalRegistratorLib.cli import main
+from TotalRegistratorLib.geometry import Grid
+from TotalRegistratorLib.pipeline import REGISTER_OUTPUTS
+
+GRID = Grid((40, 30, 32), (5.0, 5.0, 5.0), (-100.0, -75.0, -80.0))
+QUICK = ["--iterations", "20,10", "--affine-iterations", "20,10", "--quiet"]
+
+
+def write(image: sitk.Image, path: Path) -> Path:
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def labels_of(image: sitk.Image) -> sitk.Image:
+    """Crude label map of a torso image: 1 lung, 2 soft tissue, 3 bone."""
+    hu = sitk.GetArrayFromImage(image)
+    labels = np.select([hu < -500, hu > 300, hu > -200], [0, 3, 2], 0).astype(np.uint8)
+    labels[(hu < -600) & (hu > -950)] = 1
+    out = sitk.GetImageFromArray(labels)
+    out.CopyInformation(image)
+    return out
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("pair")
+    fixed = torso(GRID)
+    moving = torso(GRID, shift=(6.0, -4.0, 5.0), noise_seed=1)
+    return {"fixed": write(fixed, folder / "fixed.nii.gz"), "moving": write(moving, folder / "moving.mha"),
+            "fixed_labels": write(labels_of(fixed), folder / "fixed_labels.nii.gz"),
+            "moving_labels": write(labels_of(moving), folder / "moving_labels.nrrd")}
+
+
+@pytest.fixture(scope="module")
+def registered(pair, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "result"
+    code = main(["register", str(pair["fixed"]), str(pair["moving"]), "-o", str(out),
+                 "--fixed-labels", str(pair["fixed_labels"]), "--moving-labels", str(pair["moving_labels"]), *QUICK])
+    assert code == 0
+    return out
+
+
+def test_register_writes_every_output(registered, pair):
+    for name in (*REGISTER_OUTPUTS, "warped_labels.nii.gz"):
+        assert (registered / name).is_file(), name
+    assert not list(registered.parent.glob(".*partial*")), "staging folder left behind"
+    fixed = sitk.ReadImage(str(pair["fixed"]))
+    for name in ("warped.nii.gz", "subtraction_before.nii.gz", "subtraction_after.nii.gz", "displacement.nii.gz"):
+        image = sitk.ReadImage(str(registered / name))
+        assert image.GetSize() == fixed.GetSize(), name
+        assert np.allclose(Grid.from_image(image).index_to_world, Grid.from_image(fixed).index_to_world, atol=1e-4)
+    before = sitk.GetArrayFromImage(sitk.ReadImage(str(registered / "subtraction_before.nii.gz")))
+    after = sitk.GetArrayFromImage(sitk.ReadImage(str(registered / "subtraction_after.nii.gz")))
+    assert after.mean() < 0.7 * before.mean()
+
+    report = json.loads((registered / "report.json").read_text())
+    assert report["similarity_local_ncc"]["after"] > report["similarity_local_ncc"]["before"]
+    assert report["dice"]["mean_after"] > report["dice"]["mean_before"]
+    assert report["field_in_body"]["folding_percent"] < 1.0
+    for stage in ("read", "preprocess", "affine", "deformable", "export", "write", "total"):
+        assert report["timings_s"][stage] >= 0
+    assert report["peak_memory_mb"] > 0 and report["versions"]["torch"].startswith("2.13")
+
+
+def test_exported_transform_matches_displacement_image(registered):
+    transform = sitk.ReadTransform(str(registered / "transform.h5"))
+    displacement = sitk.ReadImage(str(registered / "displacement.nii.gz"))
+    index = [s // 2 for s in displacement.GetSize()]
+    point = np.array(displacement.TransformIndexToPhysicalPoint(index))
+    moved = np.array(transform.TransformPoint(tuple(point)))
+    assert np.allclose(moved - point, displacement[index], atol=1e-3)
+
+
+def test_warp_command_equals_simpleitk(registered, pair, tmp_path):
+    out = tmp_path / "warped_labels.nii.gz"
+    code = main(["warp", str(pair["moving_labels"]), str(registered / "transform.h5"), "--reference",
+                 str(pair["fixed"]), "--labels", "-o", str(out)])
+    assert code == 0
+    expected = sitk.Resample(sitk.ReadImage(str(pair["moving_labels"])), sitk.ReadImage(str(pair["fixed"])),
+                             sitk.ReadTransform(str(registered / "transform.h5")), sitk.sitkNearestNeighbor, 0)
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out))), sitk.GetArrayFromImage(expected))
+
+
+def test_evaluate_command(registered, pair, tmp_path, capsys):
+    fixed_points = np.array([[10.0, 5.0, 0.0], [-20.0, 10.0, 15.0], [30.0, -10.0, -20.0]])
+    moving_points = fixed_points + [6.0, -4.0, 5.0]  # the torso pair's shift
+    np.savetxt(tmp_path / "fixed.csv", fixed_points, delimiter=",", header="x,y,z", comments="")
+    ras = {"markups": [{"coordinateSystem": "RAS", "controlPoints": [
+        {"position": [-p[0], -p[1], p[2]]} for p in moving_points]}]}
+    (tmp_path / "moving.mrk.json").write_text(json.dumps(ras))
+    out = tmp_path / "evaluation.json"
+    code = main(["evaluate", "--labels", str(pair["fixed_labels"]), str(registered / "warped_labels.nii.gz"),
+                 "--transform", str(registered / "transform.h5"), "--mask", str(pair["fixed_labels"]),
+                 "--landmarks", str(tmp_path / "fixed.csv"), str(tmp_path / "moving.mrk.json"), "-o", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report == json.loads(capsys.readouterr().out)
+    assert report["tre_mm"]["before_mean"] == pytest.approx(np.linalg.norm([6.0, -4.0, 5.0]), abs=1e-6)
+    assert report["tre_mm"]["after_mean"] < 1.5
+    assert report["dice_mean"] > 0.8
+    assert report["field"]["folding_percent"] < 1.0
+
+
+# --- bad input: one line naming the file, exit code 2, no outputs -----------------------------------
+
+
+def run_cli(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "TotalRegistratorLib", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def bad_images(folder: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (file, expected words in the message)."""
+    ct = torso(GRID)
+    cases = {}
+    (folder / "garbage.nii.gz").write_bytes(b"not an image at all")
+    cases["unreadable"] = (folder / "garbage.nii.gz", "cannot read")
+    cases["missing"] = (folder / "missing.nii.gz", "no such file")
+    flat = sitk.Image([30, 30], sitk.sitkFloat32)
+    cases["2d"] = (write(flat + 1.0, folder / "flat.nii.gz"), "3D")
+    vector = sitk.Compose([ct, ct, ct])
+    cases["multi-component"] = (write(vector, folder / "vector.mha"), "one value per voxel")
+    cases["constant"] = (write(ct * 0.0, folder / "constant.nii.gz"), "constant")
+    nan = sitk.GetArrayFromImage(ct)
+    nan[5, 5, 5] = np.nan
+    nan_image = sitk.GetImageFromArray(nan)
+    nan_image.CopyInformation(ct)
+    cases["nan"] = (write(nan_image, folder / "nan.mha"), "NaN")  # the NIfTI writer would drop the NaN
+    air = np.random.default_rng(0).uniform(-1010, -990, GRID.shape).astype(np.float32)
+    cases["no body"] = (write(GRID.apply_to(sitk.GetImageFromArray(air)), folder / "air.nii.gz"), "no body")
+    far = Grid(GRID.size, GRID.spacing, (5000.0, 0.0, 0.0))  # the same voxels, 5 m away
+    far_image = far.apply_to(sitk.GetImageFromArray(sitk.GetArrayFromImage(ct)))
+    cases["no overlap"] = (write(far_image, folder / "far.nii.gz"), "does not overlap")
+    return cases
+
+
+@pytest.mark.parametrize("case", ["unreadable", "missing", "2d", "multi-component", "constant", "nan", "no body",
+                                  "no overlap"])
+def test_bad_moving_image_fails_cleanly(case, pair, tmp_path):
+    path, words = bad_images(tmp_path)[case]
+    before = path.read_bytes() if path.exists() else None
+    out = tmp_path / "out"
+    result = run_cli(["register", str(pair["fixed"]), str(path), "-o", str(out), *QUICK])
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("totalregistrator: error: "), result.stderr
+    assert str(path) in lines[0] and words in lines[0], lines[0]
+    assert not out.exists() and not list(tmp_path.glob(".out.partial*")), "partial outputs left behind"
+    assert (path.read_bytes() if path.exists() else None) == before, "input was modified"
+
+
+def test_output_folder_that_is_a_file(pair, tmp_path):
+    out = tmp_path / "taken"
+    out.write_text("keep me")
+    result = run_cli(["register", str(pair["fixed"]), str(pair["moving"]), "-o", str(out), *QUICK])
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"totalregistrator: error: {out}: output folder is a file"
+    assert out.read_text() == "keep me"
+
+
+def test_failure_during_writing_leaves_no_outputs(pair, tmp_path, monkeypatch):
+    from TotalRegistratorLib import pipeline
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pipeline, "save_overview", broken)
+    out = tmp_path / "out"
+    with pytest.raises(OSError):
+        main(["register", str(pair["fixed"]), str(pair["moving"]), "-o", str(out), *QUICK])
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_warp_refuses_to_overwrite_its_input(registered, pair):
+    result = run_cli(["warp", str(pair["moving_labels"]), str(registered / "transform.h5"), "--reference",
+                      str(pair["fixed"]), "--labels", "-o", str(pair["moving_labels"])])
+    assert result.returncode == 2 and "overwrite an input" in result.stderr
+
+
+def test_dice_of_warped_labels_is_what_report_says(registered, pair):
+    report = json.loads((registered / "report.json").read_text())
+    fixed = sitk.GetArrayFromImage(sitk.ReadImage(str(pair["fixed_labels"])))
+    warped = sitk.GetArrayFromImage(sitk.ReadImage(str(registered / "warped_labels.nii.gz")))
+    scores = metrics.dice(fixed, warped)
+    assert np.nanmean(list(scores.values())) == pytest.approx(report["dice"]["mean_after"], abs=1e-9)
