@@ -110,11 +110,12 @@ def backward(sampling_grid: torch.Tensor, displacement_mm: torch.Tensor | None, 
     elif not per_organ:
         roots.append(sum(joint))
     gradients = [torch.ones_like(r) for r in roots]
-    if per_organ and sampling_grid.requires_grad:
+    if per_organ:
         roots.append(sampling_grid)
         gradients.append(leaf.grad)
-    if roots:
-        torch.autograd.backward(roots, gradients)
+    pairs = [(r, g) for r, g in zip(roots, gradients) if r.requires_grad]
+    if pairs:
+        torch.autograd.backward(*zip(*pairs))
     values = {k: float(v) for k, v in terms.items()}
     values.setdefault("dice", 0.0)
     values.setdefault("bending", 0.0)

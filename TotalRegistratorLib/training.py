@@ -403,6 +403,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      LossWeights(args.similarity_weight, args.dice_weight, args.bending_weight),
                                      not args.joint_backward, args.grid_size, args.device, not args.quiet)
             preceding = PRECEDING[block]
+            missing = [b for b in preceding if not (weights / f"{b}.pt").is_file()]
+            if missing:
+                raise InputError(f"{weights}: training the {block} block needs the trained "
+                                 f"{', '.join(missing)} block(s) there; train them first")
             frozen = Cascade.load(weights, preceding, args.grid_size) if preceding else None
             trainer = Trainer(settings, args.output, frozen, description, ctx)
             if args.restart and ctx.main:
