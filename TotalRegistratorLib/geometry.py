@@ -54,11 +54,12 @@ class Grid:
 
     @classmethod
     def covering(cls, lower: np.ndarray, upper: np.ndarray, size=None, spacing=None) -> Grid:
-        """An LPS-aligned grid whose first and last voxel centres lie on ``lower`` and ``upper``.
+        """An LPS-aligned grid over the box from ``lower`` to ``upper`` (LPS mm).
 
-        Give either ``size`` (voxels per axis; spacing follows) or ``spacing``
-        (mm, scalar or per axis; size follows, the extent grows to a whole number
-        of voxels, centred on the box).
+        Give either ``size`` (voxels per axis: the first and last voxel centres
+        lie on ``lower`` and ``upper``, spacing follows) or ``spacing`` (mm,
+        scalar or per axis: a whole number of voxels centred on the box, whose
+        centres lie within half a spacing of its faces and whose edges cover it).
         """
         lower = np.asarray(lower, float)
         upper = np.asarray(upper, float)

@@ -58,11 +58,23 @@ def read_image(path: str | os.PathLike, labels: bool = False) -> sitk.Image:
         return image if image.GetPixelID() in _INTEGER_TYPES else sitk.Cast(image, sitk.sitkUInt16)
     image = sitk.Cast(image, sitk.sitkFloat32)
     values = sitk.GetArrayViewFromImage(image)
-    if not np.isfinite(values).all():
+    if not np.isfinite(values).all() or _nifti_has_non_finite(path):
         raise InputError(f"{path}: image contains NaN or infinite voxels")
     if values.min() == values.max():
         raise InputError(f"{path}: image is constant ({values.min():g} everywhere)")
     return image
+
+
+def _nifti_has_non_finite(path: Path) -> bool:
+    """Whether a floating-point NIfTI file stores NaN or inf (SimpleITK's reader turns them into 0)."""
+    if not path.name.endswith((".nii", ".nii.gz")):
+        return False
+    import nibabel
+
+    nifti = nibabel.load(str(path))
+    if not np.issubdtype(nifti.get_data_dtype(), np.floating):
+        return False
+    return not np.isfinite(np.asanyarray(nifti.dataobj)).all()
 
 
 _INTEGER_TYPES = {sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16, sitk.sitkUInt32, sitk.sitkInt32}

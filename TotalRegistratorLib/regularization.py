@@ -2,8 +2,9 @@
 
 Derivatives are taken per millimetre along the grid axes (finite differences
 divided by the spacing), so the penalties do not depend on the resolution the
-field is sampled at. Both are means over voxels, in mm^2/mm^2 (diffusion) and
-mm^2/mm^4 (bending energy).
+field is sampled at. Both are means over voxels and the three components, in
+mm^2/mm^2 (diffusion) and mm^2/mm^4 (bending energy): for u = A x the diffusion
+is |A|_F^2 / 3.
 """
 
 from __future__ import annotations
