@@ -180,11 +180,14 @@ def _step(level: Level, points: torch.Tensor, domain: Grid, sim: Similarity) -> 
 
 
 def optimize(fixed: Prepared, moving: Prepared, settings: OptimizationSettings | None = None,
-             progress: Progress | None = None) -> tuple[torch.Tensor, np.ndarray, dict[str, float]]:
+             progress: Progress | None = None, initial: tuple[torch.Tensor, Grid] | None = None,
+             ) -> tuple[torch.Tensor, np.ndarray | None, dict[str, float]]:
     """Register ``moving`` to ``fixed`` (prepared on working grids of the same device).
 
-    Returns the pullback field [1, 3, K, J, I] (mm, LPS) on ``fixed.grid``, the
-    affine 4 x 4 fixed->moving matrix of the affine stage and seconds per stage.
+    ``initial`` = (field, grid), a pullback field to refine (e.g. the cascade's):
+    it replaces the centroid and affine stages. Returns the pullback field
+    [1, 3, K, J, I] (mm, LPS) on ``fixed.grid``, the 4 x 4 fixed->moving matrix
+    of the affine stage (None when refining ``initial``) and seconds per stage.
     """
     settings = settings or OptimizationSettings()
     progress = progress or (lambda stage, done, total: None)
@@ -192,15 +195,37 @@ def optimize(fixed: Prepared, moving: Prepared, settings: OptimizationSettings |
     torch.manual_seed(settings.seed)
     generator = torch.Generator(device=fixed.tensor.device).manual_seed(settings.seed)
     sim = Similarity(settings.similarity, settings.ncc_radius, generator)
+    device = fixed.tensor.device
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
-    levels = _levels(fixed, moving, (*settings.affine_levels, *settings.deformable_levels), sim)
-    initial = np.eye(4)
-    initial[:3, 3] = moving.centroid - fixed.centroid
+    affine_levels = settings.affine_levels if initial is None else ()
+    levels = _levels(fixed, moving, (*affine_levels, *settings.deformable_levels), sim)
     timings["pyramid"] = time.perf_counter() - start
 
+    affine = None
+    if initial is None:
+        start = time.perf_counter()
+        affine = _affine_stage(levels, fixed, moving, settings, sim, progress)
+        timings["affine"] = time.perf_counter() - start
+
+        def base_on(grid: Grid) -> torch.Tensor:
+            return fields.affine_field(affine, grid, device)
+    else:
+        def base_on(grid: Grid) -> torch.Tensor:
+            return fields.resample_field(initial[0].to(device), initial[1], grid)
+
     start = time.perf_counter()
+    field_on_grid = _deformable_stage(levels, fixed, moving, settings, sim, progress, base_on)
+    timings["deformable"] = time.perf_counter() - start
+    return field_on_grid, affine, timings
+
+
+def _affine_stage(levels: dict[int, Level], fixed: Prepared, moving: Prepared, settings: OptimizationSettings,
+                  sim: Similarity, progress: Progress) -> np.ndarray:
+    """Centroid translation, then 12 affine parameters about the fixed centroid, coarse to fine."""
+    initial = np.eye(4)
+    initial[:3, 3] = moving.centroid - fixed.centroid
     linear = torch.zeros(3, 3, requires_grad=True)
     shift = torch.zeros(3, requires_grad=True)  # in dm: an Adam step of 0.01 moves about 1 mm
     optimizer = torch.optim.Adam([linear, shift], lr=settings.affine_learning_rate, eps=1e-5)
@@ -217,25 +242,28 @@ def optimize(fixed: Prepared, moving: Prepared, settings: OptimizationSettings |
             optimizer.step()
             done += 1
             progress("affine", done, total)
-    affine = _affine_matrix(linear.detach(), 100.0 * shift.detach(), fixed.centroid, initial).double().numpy()
-    timings["affine"] = time.perf_counter() - start
+    return _affine_matrix(linear.detach(), 100.0 * shift.detach(), fixed.centroid, initial).double().numpy()
 
-    start = time.perf_counter()
+
+def _deformable_stage(levels: dict[int, Level], fixed: Prepared, moving: Prepared, settings: OptimizationSettings,
+                      sim: Similarity, progress: Progress, base_on: Callable[[Grid], torch.Tensor]) -> torch.Tensor:
+    """A smooth residual field on top of ``base_on(grid)``, coarse to fine; the total field on ``fixed.grid``."""
+    device = fixed.tensor.device
     residual, residual_grid = None, fixed.grid
     total, done = sum(settings.deformable_iterations), 0
     for factor, iterations in zip(settings.deformable_levels, settings.deformable_iterations):
         level = levels[factor]
         # the residual field lives on a grid field_factor times coarser than the images of this level
         param_grid = level.grid.scaled(settings.field_factor) if settings.field_factor > 1 else level.grid
-        residual = (torch.zeros(1, 3, *param_grid.shape, device=fixed.tensor.device) if residual is None
+        residual = (torch.zeros(1, 3, *param_grid.shape, device=device) if residual is None
                     else fields.resample_field(residual, residual_grid, param_grid)).requires_grad_(True)
         residual_grid = param_grid
         # Adam ignores gradient size; scaling the mean loss by the voxel count and a finite eps make
         # directions with gradients far below the image signal (flat or unseen regions) stand still.
         optimizer = torch.optim.Adam([residual], lr=settings.learning_rate, eps=settings.adam_eps)
         scale = float(residual[0, 0].numel())
-        world = level.grid.world_points(fixed.tensor.device)
-        base = fields.affine_field(affine, level.grid, fixed.tensor.device)
+        world = level.grid.world_points(device)
+        base = base_on(level.grid)
         for step in range(iterations):
             anneal(optimizer, settings.learning_rate, step, iterations)
             optimizer.zero_grad()
@@ -247,12 +275,10 @@ def optimize(fixed: Prepared, moving: Prepared, settings: OptimizationSettings |
             done += 1
             progress("deformable", done, total)
         residual = smooth_field(residual.detach())
-    timings["deformable"] = time.perf_counter() - start
-
-    field_on_grid = fields.affine_field(affine, fixed.grid, fixed.tensor.device)
+    field_on_grid = base_on(fixed.grid)
     if residual is not None:
         field_on_grid = field_on_grid + fields.resample_field(residual, residual_grid, fixed.grid)
-    return field_on_grid, affine, timings
+    return field_on_grid
 
 
 def anneal(optimizer: torch.optim.Optimizer, peak: float, step: int, total: int, floor: float = 0.05) -> None:

@@ -95,7 +95,7 @@ def run_register(fixed_path: Path, moving_path: Path, output: Path, settings: Op
         "fixed": str(fixed_path), "moving": str(moving_path), "settings": settings.as_dict(),
         "export_spacing_mm": export_spacing, "device": str(settings.device), "threads": torch.get_num_threads(),
         "versions": versions(), "working_grid": {"size": result.grid.size, "spacing_mm": result.grid.spacing},
-        "affine_matrix": result.affine.tolist(),
+        "affine_matrix": None if result.affine is None else result.affine.tolist(),
         "similarity_local_ncc": {"before": image_similarity(fixed, before, result.grid),
                                  "after": image_similarity(fixed, warped, result.grid)},
         "field_in_body": field_summary(result.field, result.grid, body_on_grid),  # on the working grid

@@ -53,7 +53,7 @@ class Result:
     moving: sitk.Image
     field: torch.Tensor  # [1, 3, K, J, I] pullback, LPS mm, on ``grid``
     grid: Grid
-    affine: np.ndarray  # 4 x 4 fixed -> moving LPS matrix of the affine stage
+    affine: np.ndarray | None  # 4 x 4 fixed -> moving LPS matrix of the affine stage, if one ran
     fixed_mask: np.ndarray  # body mask on the fixed image's grid, [K, J, I]
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -66,8 +66,13 @@ class Result:
 
 
 def register(fixed: sitk.Image, moving: sitk.Image, settings: OptimizationSettings | None = None,
-             progress: Progress | None = None, names: tuple[str, str] = ("fixed", "moving")) -> Result:
-    """Register ``moving`` onto ``fixed`` (CT in HU) by instance optimisation."""
+             progress: Progress | None = None, names: tuple[str, str] = ("fixed", "moving"),
+             initial: tuple[torch.Tensor, Grid] | None = None) -> Result:
+    """Register ``moving`` onto ``fixed`` (CT in HU) by instance optimisation.
+
+    ``initial`` = (pullback field, its grid) refines an existing registration
+    (e.g. the cascade's) instead of starting from the centroid and affine stages.
+    """
     settings = settings or OptimizationSettings()
     device = resolve_device(settings.device)
     check_overlap(fixed, moving, *names)
@@ -82,7 +87,7 @@ def register(fixed: sitk.Image, moving: sitk.Image, settings: OptimizationSettin
     prepared_fixed = preprocess.prepare(fixed, grid_for, names[0], device, fixed_mask)
     prepared_moving = preprocess.prepare(moving, grid_for, names[1], device, moving_mask)
     timings = {"preprocess": time.perf_counter() - start}
-    field_on_grid, affine, stage_times = optimize(prepared_fixed, prepared_moving, settings, progress)
+    field_on_grid, affine, stage_times = optimize(prepared_fixed, prepared_moving, settings, progress, initial)
     timings.update(stage_times)
     return Result(fixed, moving, field_on_grid.cpu(), prepared_fixed.grid, affine, fixed_mask, timings)
 
