@@ -20,14 +20,21 @@ from .phantom_cli import add_phantom_command
 
 
 class ProgressBars:
-    """One tqdm bar per stage, fed by the library's ``progress(stage, done, total)`` callbacks."""
+    """One tqdm bar per stage, fed by the library's ``progress(stage, done, total)`` callbacks.
 
-    def __init__(self, enabled: bool = True):
-        self.enabled = enabled
+    ``style="json"`` prints one line ``{"stage": ..., "done": ..., "total": ...}`` per
+    update on stderr instead, for programs that run the command line (the Slicer module).
+    """
+
+    def __init__(self, style: str = "bar"):
+        self.style = style
         self.bars: dict[str, tqdm] = {}
 
     def __call__(self, stage: str, done: int, total: int) -> None:
-        if not self.enabled:
+        if self.style == "none":
+            return
+        if self.style == "json":
+            print(json.dumps({"stage": stage, "done": done, "total": total}), file=sys.stderr, flush=True)
             return
         bar = self.bars.get(stage)
         if bar is None:
@@ -72,6 +79,8 @@ def _add_register(subparsers) -> None:
     p.add_argument("--fixed-labels", type=Path, help="label map of the fixed image: report Dice before/after")
     p.add_argument("--moving-labels", type=Path, help="label map of the moving image (also warped)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
+                   help="progress on stderr: tqdm bars, JSON lines (for programs), or nothing")
     p.set_defaults(func=_run_register)
 
 
@@ -83,7 +92,7 @@ def _run_register(args: argparse.Namespace) -> int:
     settings = OptimizationSettings(similarity=args.similarity, spacing=args.spacing, smoothness=args.smoothness,
                                     deformable_iterations=args.iterations, affine_iterations=args.affine_iterations,
                                     seed=args.seed, device=args.device)
-    bars = ProgressBars(not args.quiet)
+    bars = ProgressBars("none" if args.quiet else args.progress)
     try:
         report = run_register(args.fixed, args.moving, args.output, settings, args.export_spacing,
                               args.fixed_labels, args.moving_labels, bars)
