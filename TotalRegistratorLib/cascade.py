@@ -37,6 +37,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
@@ -50,6 +51,9 @@ from .fields import compose
 from .geometry import Grid
 from .labels import REGIONS, TRAINING_STRUCTURES
 from .networks import DECODER_CHANNELS, ENCODER_CHANNELS, AffineNet, UNet
+
+if TYPE_CHECKING:
+    from .registration import Result
 
 BLOCKS = ("affine", "bone", "thorax", "abdomen", "wholebody")
 BLOCK_STRUCTURES: dict[str, tuple[str, ...]] = {
@@ -246,11 +250,11 @@ class Cascade(nn.Module):
 
 
 def run_cascade(fixed: sitk.Image, moving: sitk.Image, cascade: Cascade, device: torch.device | str = "cpu",
-                names: tuple[str, str] = ("fixed", "moving")):
+                names: tuple[str, str] = ("fixed", "moving")) -> Result:
     """Register ``moving`` onto ``fixed`` (CT in HU) with the cascade; returns a
     :class:`~TotalRegistratorLib.registration.Result` whose field lives on the fixed network grid.
     """
-    from .registration import Result, check_overlap
+    from .registration import Result, check_overlap  # registration imports optimize: keep this module light
 
     check_overlap(fixed, moving, *names)
     start = time.perf_counter()
