@@ -198,3 +198,57 @@ def test_dice_of_warped_labels_is_what_report_says(registered, pair):
     warped = sitk.GetArrayFromImage(sitk.ReadImage(str(registered / "warped_labels.nii.gz")))
     scores = metrics.dice(fixed, warped)
     assert np.nanmean(list(scores.values())) == pytest.approx(report["dice"]["mean_after"], abs=1e-9)
+
+
+# --- the cascade through the command line (untrained blocks on a small grid: conventions, not accuracy) ----
+
+
+@pytest.fixture(scope="module")
+def untrained_weights(tmp_path_factory) -> Path:
+    from TotalRegistratorLib.cascade import BLOCKS, block_config, build_network, save_block
+
+    folder = tmp_path_factory.mktemp("weights")
+    for block in BLOCKS:
+        config = block_config(block, size=(32, 24, 40))
+        save_block(folder / f"{block}.pt", build_network(config), config)
+    return folder
+
+
+def test_affine_only_cascade_writes_a_linear_transform(pair, untrained_weights, tmp_path):
+    out = tmp_path / "affine"
+    assert main(["register", str(pair["fixed"]), str(pair["moving"]), "-o", str(out), "--blocks", "affine",
+                 "--no-refine", "--weights", str(untrained_weights), *QUICK]) == 0
+    transform = sitk.ReadTransform(str(out / "transform.h5"))
+    if isinstance(transform, sitk.CompositeTransform):
+        transform = transform.GetNthTransform(0)
+    assert transform.GetName() == "AffineTransform"
+    # an untrained affine block is the identity in network space: the map between the two body boxes
+    report = json.loads((out / "report.json").read_text())
+    assert report["blocks"] == ["affine"] and report["refine"] is False and "cascade" in report["timings_s"]
+    point = (10.0, -5.0, 20.0)
+    displacement = sitk.ReadImage(str(out / "displacement.nii.gz"))
+    index = displacement.TransformPhysicalPointToIndex(point)
+    centre = displacement.TransformIndexToPhysicalPoint(index)
+    assert np.allclose(np.array(transform.TransformPoint(centre)) - centre, displacement[index], atol=1e-3)
+
+
+def test_cascade_then_refinement_improves_on_the_cascade(pair, untrained_weights, tmp_path):
+    results = {}
+    for name, extra in (("cascade", ["--no-refine"]), ("refined", [])):
+        out = tmp_path / name
+        assert main(["register", str(pair["fixed"]), str(pair["moving"]), "-o", str(out), "--blocks", "all",
+                     "--weights", str(untrained_weights), *extra, *QUICK]) == 0
+        results[name] = json.loads((out / "report.json").read_text())
+    assert "refine_deformable" in results["refined"]["timings_s"]
+    ncc = {name: r["similarity_local_ncc"]["after"] for name, r in results.items()}
+    assert ncc["refined"] > ncc["cascade"] + 0.05, ncc
+
+
+def test_unknown_block_and_missing_weights_are_input_errors(pair, tmp_path):
+    result = run_cli(["register", str(pair["fixed"]), str(pair["moving"]), "-o", str(tmp_path / "o"),
+                      "--blocks", "lungs"])
+    assert result.returncode == 2 and "unknown block" in result.stderr
+    result = run_cli(["register", str(pair["fixed"]), str(pair["moving"]), "-o", str(tmp_path / "o"),
+                      "--blocks", "all", "--weights", str(tmp_path)])
+    assert result.returncode == 2 and f"{tmp_path}" in result.stderr and "affine.pt" in result.stderr
+    assert not (tmp_path / "o").exists()

@@ -12,7 +12,7 @@ from TotalRegistratorLib import io, metrics, preprocess
 from TotalRegistratorLib.export import transform_to_field
 from TotalRegistratorLib.geometry import Grid
 from TotalRegistratorLib.optimize import OptimizationSettings
-from TotalRegistratorLib.registration import register, resample_moving
+from TotalRegistratorLib.registration import Result, register, resample_moving
 
 FAST = OptimizationSettings(affine_iterations=(40, 20), deformable_iterations=(40, 15), spacing=3.5)
 GRID = Grid((64, 48, 48), (3.5, 3.5, 3.5), (-110.0, -82.0, -84.0))
@@ -118,7 +118,8 @@ def test_refining_a_field_keeps_a_good_start_and_improves_a_poor_one():
     truth = torch.as_tensor(t, dtype=torch.float32).view(1, 3, 1, 1, 1).expand(1, 3, *grid.shape).clone()
     # this toy's interior is flat, so independent noise limits any method to about 0.9 mm here
     for start, limit in ((truth, 1.2), (0.5 * truth, 1.5)):
-        result = register(fixed, moving, FAST, initial=(start, grid))
+        initial = Result(fixed, moving, start, grid, None, body)
+        result = register(fixed, moving, FAST, initial=initial)
         assert result.affine is None and "affine" not in result.timings
         error = np.linalg.norm(exported_field(result) - truth[0].numpy(), axis=0)[body]
         assert np.median(error) < limit, np.median(error)

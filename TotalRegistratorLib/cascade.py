@@ -53,6 +53,7 @@ from .labels import REGIONS, TRAINING_STRUCTURES
 from .networks import DECODER_CHANNELS, ENCODER_CHANNELS, AffineNet, UNet
 
 if TYPE_CHECKING:
+    from .optimize import Progress
     from .registration import Result
 
 BLOCKS = ("affine", "bone", "thorax", "abdomen", "wholebody")
@@ -227,8 +228,11 @@ class Cascade(nn.Module):
 
     @classmethod
     def load(cls, weights_dir: str | os.PathLike, blocks: Sequence[str] | None = None,
-             size: Sequence[int] = preprocess.NETWORK_SIZE) -> Cascade:
-        """Blocks from ``<weights_dir>/<block>.pt``; ``blocks`` None loads every block file present."""
+             size: Sequence[int] | None = None) -> Cascade:
+        """Blocks from ``<weights_dir>/<block>.pt``; ``blocks`` None loads every block file present.
+
+        ``size`` (network grid x, y, z) defaults to the first block's; all blocks must share it.
+        """
         folder = Path(weights_dir)
         if not folder.is_dir():
             raise InputError(f"{folder}: no such weights folder")
@@ -238,19 +242,28 @@ class Cascade(nn.Module):
         bad = [b for b in names if b not in BLOCKS]
         if bad:
             raise InputError(f"unknown block(s) {', '.join(bad)}; blocks are {', '.join(BLOCKS)}")
-        loaded = {b: load_block(folder / f"{b}.pt", b, size) for b in names}
+        loaded = {}
+        for b in names:
+            loaded[b] = load_block(folder / f"{b}.pt", b, size)
+            size = size or loaded[b][1]["grid_size"]
         return cls({b: n for b, (n, _) in loaded.items()}, {b: c for b, (_, c) in loaded.items()}, size)
 
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor, mapping: Mapping,
-                blocks: Sequence[str] | None = None) -> Mapping:
-        """Extend ``mapping`` (start with :meth:`Mapping.box`) by ``blocks`` (default: all loaded), in order."""
-        for name in self.names if blocks is None else [b for b in self.names if b in blocks]:
+                blocks: Sequence[str] | None = None, progress: Progress | None = None) -> Mapping:
+        """Extend ``mapping`` (start with :meth:`Mapping.box`) by ``blocks`` (default: all loaded), in order.
+
+        ``progress("cascade", done, total)`` is called after every block.
+        """
+        names = self.names if blocks is None else [b for b in self.names if b in blocks]
+        for done, name in enumerate(names, 1):
             mapping, _ = apply_block(name, self.blocks[name], mapping, fixed, moving)
+            if progress is not None:
+                progress("cascade", done, len(names))
         return mapping
 
 
 def run_cascade(fixed: sitk.Image, moving: sitk.Image, cascade: Cascade, device: torch.device | str = "cpu",
-                names: tuple[str, str] = ("fixed", "moving")) -> Result:
+                names: tuple[str, str] = ("fixed", "moving"), progress: Progress | None = None) -> Result:
     """Register ``moving`` onto ``fixed`` (CT in HU) with the cascade; returns a
     :class:`~TotalRegistratorLib.registration.Result` whose field lives on the fixed network grid.
     """
@@ -270,7 +283,7 @@ def run_cascade(fixed: sitk.Image, moving: sitk.Image, cascade: Cascade, device:
     start = time.perf_counter()
     cascade = cascade.to(device).eval()
     with torch.no_grad():
-        mapping = cascade(f.tensor, m.tensor, Mapping.box(f.grid, m.grid, device))
+        mapping = cascade(f.tensor, m.tensor, Mapping.box(f.grid, m.grid, device), progress=progress)
         field = mapping.displacement().cpu()
     timings["cascade"] = time.perf_counter() - start
     return Result(fixed, moving, field, f.grid, mapping.affine.cpu().numpy(), fixed_mask, timings)

@@ -58,12 +58,34 @@ def _iterations(text: str) -> tuple[int, ...]:
     return values
 
 
+def _blocks(text: str) -> tuple[str, ...]:
+    from .cascade import BLOCKS
+
+    if text == "none":
+        return ()
+    if text == "all":
+        return BLOCKS
+    names = tuple(b.strip() for b in text.split(",") if b.strip())
+    unknown = [b for b in names if b not in BLOCKS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown block(s) {', '.join(unknown) or text!r}; "
+                                         f"choose from {', '.join(BLOCKS)}, all or none")
+    return tuple(b for b in BLOCKS if b in names)
+
+
 def _add_register(subparsers) -> None:
     defaults = OptimizationSettings()
     p = subparsers.add_parser("register", help="register MOVING onto FIXED and write transform, images, report")
     p.add_argument("fixed", type=Path, help="fixed CT (NIfTI, NRRD, MHA/MHD or a DICOM folder)")
     p.add_argument("moving", type=Path, help="moving CT")
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    p.add_argument("--blocks", type=_blocks, default=None, metavar="LIST",
+                   help="cascade blocks to run, in the fixed order affine,bone,thorax,abdomen,wholebody: a "
+                        "comma-separated subset, 'all', or 'none' for instance optimisation alone (default: "
+                        "every block with shipped weights)")
+    p.add_argument("--weights", type=Path, default=None, help="folder with <block>.pt files (default: shipped)")
+    p.add_argument("--no-refine", dest="refine", action="store_false",
+                   help="skip the instance-optimisation refinement after the cascade")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--similarity", choices=SIMILARITIES, default=defaults.similarity,
@@ -85,7 +107,7 @@ def _add_register(subparsers) -> None:
 
 
 def _run_register(args: argparse.Namespace) -> int:
-    from .pipeline import run_register
+    from .pipeline import run_register, shipped_blocks
 
     if len(args.iterations) != 2 or len(args.affine_iterations) != 2:
         raise InputError("--iterations and --affine-iterations take two values: coarse,fine")
@@ -94,8 +116,12 @@ def _run_register(args: argparse.Namespace) -> int:
                                     seed=args.seed, device=args.device)
     bars = ProgressBars("none" if args.quiet else args.progress)
     try:
+        blocks = (shipped_blocks() if args.weights is None else _blocks("all")) if args.blocks is None \
+            else args.blocks
+        if not blocks and not args.refine:
+            raise InputError("--no-refine needs cascade blocks to run (--blocks)")
         report = run_register(args.fixed, args.moving, args.output, settings, args.export_spacing,
-                              args.fixed_labels, args.moving_labels, bars)
+                              args.fixed_labels, args.moving_labels, bars, blocks, args.weights, args.refine)
     finally:
         bars.close()
     summary = {"output": str(args.output), "seconds": round(report["timings_s"]["total"], 1),

@@ -17,15 +17,29 @@ import SimpleITK as sitk
 import torch
 
 from . import __version__, io, metrics, preprocess, similarity
+from .cascade import BLOCKS, Cascade, run_cascade
 from .errors import InputError
 from .export import displacement_image, transform_to_field
 from .geometry import Grid
-from .optimize import OptimizationSettings, Progress
+from .optimize import OptimizationSettings, Progress, resolve_device
 from .overview import save_overview
 from .registration import Result, register, resample_moving, subtraction
 
 REGISTER_OUTPUTS = ("transform.h5", "displacement.nii.gz", "warped.nii.gz", "subtraction_before.nii.gz",
                     "subtraction_after.nii.gz", "overview.png", "report.json")
+
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "Resources" / "weights"
+
+
+def load_cascade(weights: Path | None, blocks: tuple[str, ...]) -> Cascade:
+    """The cascade ``blocks`` from ``weights`` (default: the shipped weights)."""
+    return Cascade.load(weights or DEFAULT_WEIGHTS, blocks)
+
+
+def shipped_blocks() -> tuple[str, ...]:
+    """The blocks whose weights ship in Resources/weights (empty when there are none)."""
+    return tuple(b for b in BLOCKS if (DEFAULT_WEIGHTS / f"{b}.pt").is_file())
 
 
 def versions() -> dict[str, str]:
@@ -67,8 +81,14 @@ def dice_report(fixed_labels: sitk.Image, moving_labels: sitk.Image, result: Res
 
 def run_register(fixed_path: Path, moving_path: Path, output: Path, settings: OptimizationSettings,
                  export_spacing: float | None = None, fixed_labels: Path | None = None,
-                 moving_labels: Path | None = None, progress: Progress | None = None) -> dict:
-    """Register two files and write the outputs of :data:`REGISTER_OUTPUTS` (plus warped labels) to ``output``."""
+                 moving_labels: Path | None = None, progress: Progress | None = None,
+                 blocks: tuple[str, ...] = (), weights: Path | None = None, refine: bool = True) -> dict:
+    """Register two files and write the outputs of :data:`REGISTER_OUTPUTS` (plus warped labels) to ``output``.
+
+    ``blocks`` of the cascade (from ``weights``) run first; ``refine`` then runs instance
+    optimisation from their result (with no blocks it is the whole registration). An
+    affine-only run without refinement writes an ITK affine transform instead of a field.
+    """
     start = time.perf_counter()
     io.check_output_dir(output)
     fixed = io.read_image(fixed_path)
@@ -80,19 +100,28 @@ def run_register(fixed_path: Path, moving_path: Path, output: Path, settings: Op
         label_maps = (io.read_image(fixed_labels, labels=True), io.read_image(moving_labels, labels=True))
         _check_labels(label_maps[0], fixed, fixed_labels)
         _check_labels(label_maps[1], moving, moving_labels)
+    names = (str(fixed_path), str(moving_path))
+    cascade = load_cascade(weights, blocks) if blocks else None
     timings = {"read": time.perf_counter() - start}
 
-    result = register(fixed, moving, settings, progress, names=(str(fixed_path), str(moving_path)))
-    timings.update(result.timings)
+    result = None
+    if cascade is not None:
+        result = run_cascade(fixed, moving, cascade, resolve_device(settings.device), names, progress)
+        timings.update(result.timings)
+    if refine or result is None:
+        result = register(fixed, moving, settings, progress, names, initial=result)
+        timings.update({("refine_" if cascade else "") + key: value for key, value in result.timings.items()})
 
     start = time.perf_counter()
-    transform = result.transform(export_spacing)
+    affine_only = tuple(blocks) == ("affine",) and not refine
+    transform = result.affine_transform() if affine_only else result.transform(export_spacing)
     body_on_grid = sitk.GetArrayFromImage(preprocess.resample(
         preprocess.mask_to_image(result.fixed_mask, fixed), result.grid, labels=True, default=0)) > 0
     before = resample_moving(moving, fixed)
     warped = resample_moving(moving, fixed, transform)
     report = {
         "fixed": str(fixed_path), "moving": str(moving_path), "settings": settings.as_dict(),
+        "blocks": list(blocks), "weights": str(weights) if blocks else None, "refine": refine,
         "export_spacing_mm": export_spacing, "device": str(settings.device), "threads": torch.get_num_threads(),
         "versions": versions(), "working_grid": {"size": result.grid.size, "spacing_mm": result.grid.spacing},
         "affine_matrix": None if result.affine is None else result.affine.tolist(),
@@ -105,7 +134,8 @@ def run_register(fixed_path: Path, moving_path: Path, output: Path, settings: Op
     start = time.perf_counter()
     with io.OutputFolder(output) as out:
         io.write_transform(transform, out / "transform.h5")
-        io.write_image(displacement_image(transform), out / "displacement.nii.gz")
+        io.write_image(displacement_image(result.transform(export_spacing) if affine_only else transform),
+                       out / "displacement.nii.gz")
         io.write_image(warped, out / "warped.nii.gz")
         io.write_image(subtraction(fixed, before), out / "subtraction_before.nii.gz")
         io.write_image(subtraction(fixed, warped), out / "subtraction_after.nii.gz")

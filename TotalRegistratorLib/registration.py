@@ -19,7 +19,7 @@ import torch
 from . import preprocess
 from .errors import InputError
 from .export import export_grid, field_to_transform
-from .fields import resample_field
+from .fields import affine_field, resample_field
 from .geometry import Grid
 from .optimize import OptimizationSettings, Progress, optimize, resolve_device
 
@@ -53,25 +53,43 @@ class Result:
     moving: sitk.Image
     field: torch.Tensor  # [1, 3, K, J, I] pullback, LPS mm, on ``grid``
     grid: Grid
-    affine: np.ndarray | None  # 4 x 4 fixed -> moving LPS matrix of the affine stage, if one ran
+    affine: np.ndarray | None  # 4 x 4 fixed -> moving LPS matrix of the affine part, if there is one
     fixed_mask: np.ndarray  # body mask on the fixed image's grid, [K, J, I]
     timings: dict[str, float] = field(default_factory=dict)
 
     def field_on(self, target: Grid) -> torch.Tensor:
-        return resample_field(self.field, self.grid, target)
+        """The field on another grid. Outside ``grid`` (the body box) the affine part continues
+        exactly and only the deformable remainder is extended with its border values.
+        """
+        if self.affine is None:
+            return resample_field(self.field, self.grid, target)
+        remainder = self.field - affine_field(self.affine, self.grid, self.field.device, self.field.dtype)
+        return affine_field(self.affine, target, self.field.device, self.field.dtype) + resample_field(
+            remainder, self.grid, target)
 
     def transform(self, spacing: float | None = None) -> sitk.DisplacementFieldTransform:
         """The dense transform on the fixed image's grid (or the same box at ``spacing`` mm)."""
-        return field_to_transform(self.field, self.grid, export_grid(Grid.from_image(self.fixed), spacing))
+        target = export_grid(Grid.from_image(self.fixed), spacing)
+        return field_to_transform(self.field_on(target), target)
+
+    def affine_transform(self) -> sitk.AffineTransform:
+        """The affine part alone as an ITK transform (fixed -> moving points), e.g. for affine-only runs."""
+        if self.affine is None:
+            raise ValueError("this registration has no affine part")
+        transform = sitk.AffineTransform(3)
+        transform.SetMatrix(self.affine[:3, :3].ravel().tolist())
+        transform.SetTranslation(self.affine[:3, 3].tolist())
+        return transform
 
 
 def register(fixed: sitk.Image, moving: sitk.Image, settings: OptimizationSettings | None = None,
              progress: Progress | None = None, names: tuple[str, str] = ("fixed", "moving"),
-             initial: tuple[torch.Tensor, Grid] | None = None) -> Result:
+             initial: Result | None = None) -> Result:
     """Register ``moving`` onto ``fixed`` (CT in HU) by instance optimisation.
 
-    ``initial`` = (pullback field, its grid) refines an existing registration
-    (e.g. the cascade's) instead of starting from the centroid and affine stages.
+    ``initial`` refines an existing registration of the same pair (e.g. the
+    cascade's) instead of starting from the centroid and affine stages; its
+    affine part is kept as the result's.
     """
     settings = settings or OptimizationSettings()
     device = resolve_device(settings.device)
@@ -87,8 +105,11 @@ def register(fixed: sitk.Image, moving: sitk.Image, settings: OptimizationSettin
     prepared_fixed = preprocess.prepare(fixed, grid_for, names[0], device, fixed_mask)
     prepared_moving = preprocess.prepare(moving, grid_for, names[1], device, moving_mask)
     timings = {"preprocess": time.perf_counter() - start}
-    field_on_grid, affine, stage_times = optimize(prepared_fixed, prepared_moving, settings, progress, initial)
+    start_field = None if initial is None else (initial.field, initial.grid)
+    field_on_grid, affine, stage_times = optimize(prepared_fixed, prepared_moving, settings, progress, start_field)
     timings.update(stage_times)
+    if initial is not None:
+        affine = initial.affine
     return Result(fixed, moving, field_on_grid.cpu(), prepared_fixed.grid, affine, fixed_mask, timings)
 
 
