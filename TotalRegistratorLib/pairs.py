@@ -186,14 +186,16 @@ class Pair:
         """The ground truth as an ITK transform mapping fixed points into the moving image."""
         return None if self.field is None else field_to_transform(self.field, self.field_grid)
 
-    def write(self, folder: str | os.PathLike, stem: str) -> PairRecord:
-        """Write images, label maps and ground truth (``.h5`` transform and displacement image) into ``folder``."""
+    def write(self, folder: str | os.PathLike, stem: str, ground_truth: bool = True) -> PairRecord:
+        """Write images, label maps and (unless ``ground_truth`` is False, e.g. for training data, which
+        does not use it) the ground truth (``.h5`` transform and displacement image) into ``folder``.
+        """
         folder = Path(folder)
         names = {key: folder / f"{stem}_{key}.nii.gz" for key in ("fixed", "moving", "fixed_labels", "moving_labels")}
         for key, path in names.items():
             write_image(getattr(self, key), path)
         transform = None
-        if self.field is not None:
+        if self.field is not None and ground_truth:
             transform = folder / f"{stem}_transform.h5"
             write_transform(self.transform(), transform)
             write_image(sitk.Cast(field_to_image(self.field, self.field_grid), sitk.sitkVectorFloat32),

@@ -140,7 +140,8 @@ def phantom_pairs(folder: str | os.PathLike, count: int, seed: int = 0, spacing:
         names = [folder / f"{stem}_{key}.nii.gz" for key in ("fixed", "moving", "fixed_labels", "moving_labels")]
         marker = folder / f"{stem}.done"
         if not marker.is_file():
-            make_pair(KINDS[i % len(KINDS)], pair_seed(seed, i), spacing=spacing).write(folder, stem)
+            make_pair(KINDS[i % len(KINDS)], pair_seed(seed, i), spacing=spacing).write(folder, stem,
+                                                                                        ground_truth=False)
             marker.touch()
         records.append(PairRecord(*names))
     write_pairs_csv(folder / "pairs.csv", records)
