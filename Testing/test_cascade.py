@@ -164,8 +164,9 @@ def test_block_files_round_trip_and_errors(tmp_path):
         "pelvis_bone", "vertebrae", "ribs"]
     with pytest.raises(InputError, match=r"bone\.pt: holds the 'bone' block, expected 'thorax'"):
         load_block(tmp_path / "bone.pt", "thorax")
+    assert Cascade.load(tmp_path, ["bone"]).size == tuple(SIZE)  # the grid size comes from the block file
     with pytest.raises(InputError, match=r"trained on a \[12, 10, 14\] grid"):
-        Cascade.load(tmp_path, ["bone"])
+        Cascade.load(tmp_path, ["bone"], size=(128, 96, 160))
     with pytest.raises(InputError, match="no such block weights file"):
         Cascade.load(tmp_path, ["abdomen"], size=SIZE)
     (tmp_path / "junk.pt").write_text("not a checkpoint")
