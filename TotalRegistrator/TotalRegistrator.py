@@ -141,7 +141,6 @@ class TotalRegistratorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             box.connect("toggled(bool)", self.onBlocksChanged)
         self.ui.presetComboBox.addItems([*core.PRESETS, CUSTOM_PRESET])
         self.ui.presetComboBox.connect("currentTextChanged(QString)", self.onPresetChanged)
-        self.ui.deviceComboBox.addItems(list(DEVICE_CHOICES))
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
