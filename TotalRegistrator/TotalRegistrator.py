@@ -216,7 +216,7 @@ class TotalRegistratorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         blocks = self.chosenBlocks()
         name = next((n for n, b in core.PRESETS.items() if b == blocks), CUSTOM_PRESET)
         was = self.ui.presetComboBox.blockSignals(True)
-        self.ui.presetComboBox.currentText = name
+        self.ui.presetComboBox.setCurrentText(name)
         self.ui.presetComboBox.blockSignals(was)
 
     def updateButtons(self, caller=None, event=None):

@@ -178,6 +178,9 @@ def test_injected_runner_reports_progress_and_errors(scene, phantom_pair):
 def test_register_produces_requested_nodes_with_fixed_geometry(scene, phantom_pair, one_thread_children):
     fixed = add_volume(scene, phantom_pair.fixed, "fixed")
     moving = add_volume(scene, phantom_pair.moving, "moving")
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(scene)
+    study = hierarchy.CreateFolderItem(hierarchy.GetSceneItemID(), "follow-up")
+    hierarchy.CreateItem(study, moving)
     stages = []
     outputs = L.RegistrationLogic().register(fixed, moving, blocks=(), iterations=(4, 2), device="cpu",
                                              warpedVolume=True, subtractionBefore=True, subtractionAfter=True,
@@ -188,6 +191,7 @@ def test_register_produces_requested_nodes_with_fixed_geometry(scene, phantom_pa
         assert scene.IsNodePresent(node)
         assert node.GetNodeReferenceID(L.FIXED_REFERENCE) == fixed.GetID()
         assert node.GetNodeReferenceID(L.MOVING_REFERENCE) == moving.GetID()
+        assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(node)) == study
     for node in (outputs.warped, outputs.subtractionBefore, outputs.subtractionAfter):
         np.testing.assert_allclose(matrix(node), matrix(fixed), atol=1e-4)
         assert node.GetImageData().GetDimensions() == fixed.GetImageData().GetDimensions()
@@ -240,3 +244,16 @@ def test_affine_only_gives_a_linear_transform_node(scene, phantom_pair, one_thre
     moving = add_volume(scene, phantom_pair.moving, "moving")
     outputs = L.RegistrationLogic().register(fixed, moving, blocks=("affine",), refine=False, device="cpu")
     assert outputs.transform.IsA("vtkMRMLLinearTransformNode")
+
+
+def test_sample_pair_loads_with_named_structures(scene, tmp_path, one_thread_children):
+    logic = L.RegistrationLogic()
+    paths = logic.makeSamplePair(tmp_path, seed=2, spacing=12.0)
+    nodes = logic.loadSamplePair(scene, paths)
+    fixed = sitk.ReadImage(str(paths["fixed"]))
+    assert nodes["fixed"].GetImageData().GetDimensions() == fixed.GetSize()
+    np.testing.assert_allclose(matrix(nodes["fixed"])[:3, 3], LPS @ np.array(fixed.GetOrigin()), atol=1e-4)
+    segmentation = nodes["segmentation"].GetSegmentation()
+    names = {segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())}
+    assert {"liver", "lung", "vertebrae"} <= names
+    assert not list(tmp_path.glob("*.partial-*"))

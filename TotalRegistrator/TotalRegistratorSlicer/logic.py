@@ -19,6 +19,7 @@ of its outputs have been read; a failed or cancelled run leaves the scene as it 
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import sys
@@ -290,7 +291,7 @@ def _resample_oriented(source, target, reference, transform) -> None:
 
 
 def place_beside(scene, reference, nodes: Sequence) -> None:
-    """Move ``nodes`` into the subject hierarchy folder (or study) of ``reference``, when it has one."""
+    """Put ``nodes`` into the subject hierarchy folder (or study) of ``reference``, when it has one."""
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     item = hierarchy.GetItemByDataNode(reference) if hierarchy else 0
     if not item:
@@ -300,6 +301,8 @@ def place_beside(scene, reference, nodes: Sequence) -> None:
         node_item = hierarchy.GetItemByDataNode(node)
         if node_item:
             hierarchy.SetItemParent(node_item, parent)
+        else:  # Slicer adds items itself; bare MRML scenes do not
+            hierarchy.CreateItem(parent, node)
 
 
 class RegistrationLogic:
@@ -432,14 +435,19 @@ class RegistrationLogic:
                        wait: Callable[[], None] | None = None) -> dict[str, Path]:
         """Simulate the demo phantom pair (intra-patient, ``spacing`` mm) into ``folder`` in a child process.
 
-        Returns the paths of ``fixed``, ``moving``, ``fixed_labels`` and ``moving_labels`` (NIfTI).
+        Returns the paths of ``fixed``, ``moving``, ``fixed_labels``, ``moving_labels`` (NIfTI) and
+        ``structures`` (JSON: structure name -> label value).
         """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        code = ("import sys; from TotalRegistratorLib.pairs import make_pair; "
-                "make_pair('intra', int(sys.argv[1]), spacing=float(sys.argv[2])).write(sys.argv[3], 'phantom')")
+        code = ("import json, pathlib, sys\n"
+                "from TotalRegistratorLib.labels import LABELS\n"
+                "from TotalRegistratorLib.pairs import make_pair\n"
+                "make_pair('intra', int(sys.argv[1]), spacing=float(sys.argv[2])).write(sys.argv[3], 'phantom')\n"
+                "pathlib.Path(sys.argv[3], 'phantom_structures.json').write_text(json.dumps(LABELS))\n")
         self.runToEnd([self.python, "-c", code, str(seed), str(spacing), str(folder)], wait=wait)
-        return {key: folder / f"phantom_{key}.nii.gz" for key in ("fixed", "moving", "fixed_labels", "moving_labels")}
+        paths = {key: folder / f"phantom_{key}.nii.gz" for key in ("fixed", "moving", "fixed_labels", "moving_labels")}
+        return {**paths, "structures": folder / "phantom_structures.json"}
 
     @staticmethod
     def loadSamplePair(scene, paths: dict[str, Path]) -> dict[str, object]:
@@ -459,5 +467,9 @@ class RegistrationLogic:
         segmentation.SetReferenceImageGeometryParameterFromVolumeNode(nodes["moving"])
         slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labels_node, segmentation)
         scene.RemoveNode(labels_node)
+        names = {value: name for name, value in json.loads(Path(paths["structures"]).read_text()).items()}
+        for index in range(segmentation.GetSegmentation().GetNumberOfSegments()):
+            segment = segmentation.GetSegmentation().GetNthSegment(index)
+            segment.SetName(names.get(segment.GetLabelValue(), segment.GetName()))
         nodes["segmentation"] = segmentation
         return nodes
