@@ -160,10 +160,7 @@ class TotalRegistratorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def exit(self):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+        self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event):
         self.cancelJob()
@@ -187,6 +184,7 @@ class TotalRegistratorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setParameterNode(self, inputParameterNode):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
@@ -269,7 +267,7 @@ class TotalRegistratorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onTimer(self):
         try:
             outputs = self.job.poll()
-        except core.RegistrationError as error:
+        except Exception as error:  # the process's one-line error, or failing to load its results
             logging.error(f"TotalRegistrator: {error}")
             self.ui.statusLabel.text = f"Failed: {error}"
             self.endJob()
