@@ -1,7 +1,7 @@
 """Fixtures for the Slicer module's logic on real MRML (the ``slicer-core`` wheel, no Qt).
 
 These tests need their own virtual environment (slicer-core pins its own vtk):
-``make test`` creates ``.venv-slicer`` and runs ``.venv-slicer/bin/python -m pytest Testing/slicer``.
+``make test`` creates ``.venv-slicer`` and runs ``.venv-slicer/bin/python -m pytest Testing/slicer_logic``.
 Under the main ``.venv`` every test here is skipped, saying so.
 """
 

@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 
 slicer = pytest.importorskip("slicer", reason="needs slicer-core: run `.venv-slicer/bin/python -m pytest "
-                                               "Testing/slicer` (make test builds .venv-slicer)")
+                                               "Testing/slicer_logic` (make test builds .venv-slicer)")
 import vtk  # noqa: E402
 from TotalRegistratorSlicer import logic as L  # noqa: E402
 from TotalRegistratorSlicer.process import Progress  # noqa: E402
