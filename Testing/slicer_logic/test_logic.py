@@ -257,3 +257,30 @@ def test_sample_pair_loads_with_named_structures(scene, tmp_path, one_thread_chi
     names = {segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())}
     assert {"liver", "lung", "vertebrae"} <= names
     assert not list(tmp_path.glob("*.partial-*"))
+
+
+def test_fixed_volume_is_written_where_it_is_shown(scene, tmp_path):
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "fixed")
+    slicer.util.updateVolumeFromArray(node, np.arange(60, dtype=np.float32).reshape(3, 4, 5))
+    parent = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    to_parent = np.eye(4)
+    to_parent[:3, :3] = np.array([[0, -1, 0], [1, 0, 0], [0, 0, 1]])
+    to_parent[:3, 3] = (5, 6, 7)
+    parent.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(to_parent))
+    node.SetAndObserveTransformNodeID(parent.GetID())
+    L.write_volume(node, tmp_path / "world.nrrd", world=True)
+    L.write_volume(node, tmp_path / "local.nrrd")
+    np.testing.assert_allclose(matrix(L.read_volume(tmp_path / "world.nrrd")), to_parent @ matrix(node), atol=1e-9)
+    np.testing.assert_allclose(matrix(L.read_volume(tmp_path / "local.nrrd")), matrix(node), atol=1e-9)
+
+    grid = scene.AddNewNodeByClass("vtkMRMLGridTransformNode")
+    parent.SetAndObserveTransformNodeID(grid.GetID())
+    grid.SetAndObserveTransformFromParent(L.read_transform(_field_file(tmp_path)).GetTransformFromParent())
+    with pytest.raises(L.RegistrationError, match="non-linear"):
+        L.write_volume(node, tmp_path / "world.nrrd", world=True)
+
+
+def _field_file(folder):
+    field = sitk.Image((4, 4, 4), sitk.sitkVectorFloat64, 3)
+    io.write_transform(sitk.DisplacementFieldTransform(field), folder / "zero.h5")
+    return folder / "zero.h5"
