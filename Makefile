@@ -1,10 +1,12 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   -- builds .venv, makes a phantom CT pair and registers it (outputs in demo_output/)
-#   make test   -- builds .venv and runs ruff and the test suite
+#   make test   -- builds .venv (and .venv-slicer, with Slicer's MRML from slicer-core) and runs ruff and the tests
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SLICER_VENV ?= .venv-slicer
+SLICER_STAMP := $(SLICER_VENV)/.installed
 DEMO := demo_output
 
 .PHONY: demo test venv clean
@@ -16,6 +18,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test]"
 	touch $@
 
+$(SLICER_STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(SLICER_VENV)
+	$(SLICER_VENV)/bin/pip install --quiet --disable-pip-version-check -c constraints.txt slicer-core==5.13.31053.0 \
+		-e ".[test]"
+	touch $@
+
 demo: $(STAMP)
 	$(BIN)/totalregistrator phantom -o $(DEMO)/phantom --pairs 1 --kind intra --seed 7 --spacing 4
 	$(BIN)/totalregistrator register $(DEMO)/phantom/pair000_fixed.nii.gz $(DEMO)/phantom/pair000_moving.nii.gz \
@@ -25,9 +33,10 @@ demo: $(STAMP)
 		--truth $(DEMO)/phantom/pair000_transform.h5 --mask $(DEMO)/phantom/pair000_fixed_labels.nii.gz \
 		-o $(DEMO)/registration/evaluation.json
 
-test: $(STAMP)
+test: $(STAMP) $(SLICER_STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q Testing
+	$(BIN)/python -m pytest -q Testing --ignore=Testing/slicer_logic
+	$(SLICER_VENV)/bin/python -m pytest -q Testing/slicer_logic
 
 clean:
 	rm -rf $(DEMO)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import platform
-import resource
 import time
 from pathlib import Path
 
@@ -47,8 +46,15 @@ def versions() -> dict[str, str]:
             "SimpleITK": sitk.Version_VersionString(), "numpy": np.__version__}
 
 
-def peak_memory_mb() -> float:
-    """Peak resident memory of this process (MB); on CUDA also see ``torch.cuda.max_memory_allocated``."""
+def peak_memory_mb() -> float | None:
+    """Peak resident memory of this process (MB; None where the OS does not say, e.g. Windows).
+
+    On CUDA also see ``torch.cuda.max_memory_allocated``.
+    """
+    try:
+        import resource
+    except ImportError:
+        return None
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
