@@ -238,11 +238,15 @@ def test_process_error_is_reported(scene, phantom_pair, one_thread_children):
     assert node_ids(scene) == before
 
 
-@pytest.mark.skipif("affine" not in L.available_blocks(), reason="no shipped affine weights (Resources/weights)")
-def test_affine_only_gives_a_linear_transform_node(scene, phantom_pair, one_thread_children):
+def test_affine_only_gives_a_linear_transform_node(scene, phantom_pair, one_thread_children, tmp_path):
+    from TotalRegistratorLib.cascade import block_config, build_network, save_block
+
+    config = block_config("affine", size=(32, 24, 40))  # untrained: tests the plumbing, not accuracy
+    save_block(tmp_path / "affine.pt", build_network(config), config)
     fixed = add_volume(scene, phantom_pair.fixed, "fixed")
     moving = add_volume(scene, phantom_pair.moving, "moving")
-    outputs = L.RegistrationLogic().register(fixed, moving, blocks=("affine",), refine=False, device="cpu")
+    outputs = L.RegistrationLogic().register(fixed, moving, blocks=("affine",), refine=False, device="cpu",
+                                             extraArguments=["--weights", str(tmp_path)])
     assert outputs.transform.IsA("vtkMRMLLinearTransformNode")
 
 
