@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -58,7 +58,6 @@ class OptimizationSettings:
     adam_eps: float = 1e-2
     seed: int = 0
     device: str = "auto"
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.similarity not in SIMILARITIES:
