@@ -16,9 +16,8 @@ virtual environment (protocol in baselines/protocol.py): it writes the pullback 
 the fixed grid plus its wall time and peak memory. Evaluation happens here, identically for all:
 moving labels through the field (nearest neighbour, SimpleITK) -> Dice per structure; displacement
 error inside the fixed body and TRE at structure centroids where a ground truth exists; folding and
-SDlogJ of the field inside the fixed body. Methods run one at a time with ``--threads`` threads each,
-1 by default: on this shared 2-core machine a two-thread torch run stalled 5x (34 s instead of 6.5 s)
-while neighbours were busy, which measures the neighbours, not the method. Writes ``results.csv``, ``results.md`` and
+SDlogJ of the field inside the fixed body. Methods run one at a time with ``--threads`` threads each
+(default: all cores; OpenMP waits passively, see baselines/protocol.py). Writes ``results.csv``, ``results.md`` and
 ``dice_boxplot.png`` into ``--out`` (default benchmarks/results/<suite>).
 """
 
@@ -154,7 +153,8 @@ class Prepared:
     pair: Pair
     fixed_path: Path
     moving_path: Path
-    body: np.ndarray | None  # fixed body mask on the ground truth's grid (None: no ground truth)
+    body: np.ndarray  # fixed body mask on the fixed grid
+    truth_body: np.ndarray | None  # the same on the ground truth's grid (None: no ground truth)
     landmarks: tuple[np.ndarray, np.ndarray] | None  # fixed structure centroids and their true moving points
 
 
@@ -170,14 +170,15 @@ def prepare(spec: PairSpec, folder: Path) -> Prepared:
     paths = folder / "fixed.mha", folder / "moving.mha"
     for image, path in zip((pair.fixed, pair.moving), paths):
         io.write_image(image, path, compress=False)
-    body = landmarks = None
+    body = preprocess.body_mask(pair.fixed)
+    truth_body = landmarks = None
     if pair.field is not None:
-        mask = preprocess.mask_to_image(preprocess.body_mask(pair.fixed), pair.fixed)
-        body = sitk.GetArrayFromImage(preprocess.resample(mask, pair.field_grid, labels=True, default=0)) > 0
+        mask = preprocess.mask_to_image(body, pair.fixed)
+        truth_body = sitk.GetArrayFromImage(preprocess.resample(mask, pair.field_grid, labels=True, default=0)) > 0
         centroids = structure_centroids(pair.fixed_labels)
         truth = pair.transform()
         landmarks = centroids, np.array([truth.TransformPoint(tuple(p)) for p in centroids])
-    return Prepared(pair, *paths, body, landmarks)
+    return Prepared(pair, *paths, body, truth_body, landmarks)
 
 
 def structure_centroids(labels: sitk.Image) -> np.ndarray:
@@ -228,11 +229,11 @@ def evaluate(prepared: Prepared, field_path: Path) -> dict[str, float]:
     dice = metrics.dice(fixed_labels, warped, present)
     row = {f"dice_{name}": dice.get(LABELS[name], math.nan) for name in STRUCTURES}
     row["dice_mean"] = _nanmean([row[f"dice_{name}"] for name in TRAINING_STRUCTURES])
-    body = preprocess.body_mask(pair.fixed)
-    stats = field_summary(field, grid, body)
+    stats = field_summary(field, grid, prepared.body)
     row.update({key: stats[key] for key in ("folding_percent", "sdlogj", "jacobian_min")})
     if pair.field is not None:
-        error = (transform_to_field(transform, pair.field_grid) - pair.field)[0].norm(dim=0).numpy()[prepared.body]
+        error = (transform_to_field(transform, pair.field_grid) - pair.field)[0].norm(dim=0).numpy()
+        error = error[prepared.truth_body]
         row.update(error_mean_mm=float(error.mean()), error_p95_mm=float(np.percentile(error, 95)),
                    tre_mm=float(metrics.target_registration_error(*prepared.landmarks, transform).mean()))
     return row
@@ -273,6 +274,9 @@ def run(specs: list[PairSpec], methods: list[Method], out: Path, threads: int, t
             print(f"    {method.key:>14}: {row['status']}, {row.get('seconds', math.nan):.1f} s, "
                   f"Dice {row.get('dice_mean', math.nan):.3f}, error {row.get('error_mean_mm', math.nan):.2f} mm, "
                   f"folding {row.get('folding_percent', math.nan):.3f} %", flush=True)
+        if not keep_fields:
+            prepared.fixed_path.unlink()
+            prepared.moving_path.unlink()
     return rows
 
 
@@ -401,9 +405,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="output folder (default benchmarks/results/<suite>)")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     parser.add_argument("--spacing", type=float, default=4.0, help="phantom voxel spacing (mm)")
-    parser.add_argument("--threads", type=int, default=1, help="threads per method (default 1: see the docstring)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads per method (default: all cores)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per method and pair")
-    parser.add_argument("--keep-fields", action="store_true", help="keep every method's displacement field")
+    parser.add_argument("--keep-fields", action="store_true", help="keep the pairs' images and every field")
     args = parser.parse_args(argv)
     out = (args.out or REPO / "benchmarks" / "results" / args.suite).resolve()
     if out.exists():
