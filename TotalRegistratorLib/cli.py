@@ -87,6 +87,8 @@ def _add_register(subparsers) -> None:
     p.add_argument("--no-refine", dest="refine", action="store_false",
                    help="skip the instance-optimisation refinement after the cascade")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice; use 1 when other work shares the cores)")
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--similarity", choices=SIMILARITIES, default=defaults.similarity,
                    help="local NCC (default), MIND-SSC or Parzen mutual information (contrast/multiphase)")
@@ -114,6 +116,10 @@ def _run_register(args: argparse.Namespace) -> int:
     settings = OptimizationSettings(similarity=args.similarity, spacing=args.spacing, smoothness=args.smoothness,
                                     deformable_iterations=args.iterations, affine_iterations=args.affine_iterations,
                                     seed=args.seed, device=args.device)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     bars = ProgressBars("none" if args.quiet else args.progress)
     try:
         blocks = (shipped_blocks() if args.weights is None else _blocks("all")) if args.blocks is None \
