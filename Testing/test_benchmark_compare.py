@@ -3,7 +3,10 @@
 The pair is fixed(x) = moving(x + t), so every method's pullback field must be +t inside the body:
 a method whose field came back in the wrong sense (or in the wrong order of ANTs' transform list)
 would be off by about 2 |t|. Baselines run in their own virtual environments; a missing one skips
-its test, naming the environment.
+its test, naming the environment. ANTs' [warp, affine] order is applied by ANTs itself
+(antsApplyTransforms composes the forward list), so a translation checks the sense, not the order;
+the phantom intra pairs of the quick suite (pose plus breathing) check both (ANTs error well below
+the unregistered one).
 """
 
 from __future__ import annotations
@@ -67,15 +70,14 @@ def _check_recovers_shift(row: dict, before: dict) -> None:
     assert row["folding_percent"] < 1.0
 
 
-def test_harness_instance_optimisation_and_ants(spec, tmp_path):
-    rows = _run(spec, [compare.METHODS[key] for key in ("unregistered", "io", "ants")], tmp_path)
-    for key in ("io", "ants"):
-        _check_recovers_shift(rows[key], rows["unregistered"])
-        assert rows[key]["seconds"] > 0 and rows[key]["peak_memory_mb"] > 0 and rows[key]["threads"] == 1
+def test_harness_with_instance_optimisation(spec, tmp_path):
+    rows = _run(spec, [compare.METHODS[key] for key in ("unregistered", "io")], tmp_path)
+    _check_recovers_shift(rows["io"], rows["unregistered"])
+    assert rows["io"]["seconds"] > 0 and rows["io"]["peak_memory_mb"] > 0 and rows["io"]["threads"] == 1
     methods = [compare.METHODS[key] for key in rows]
     compare.write_csv(list(rows.values()), tmp_path / "results.csv")
     with open(tmp_path / "results.csv") as handle:
-        assert [r["method"] for r in csv.DictReader(handle)] == ["unregistered", "io", "ants"]
+        assert [r["method"] for r in csv.DictReader(handle)] == ["unregistered", "io"]
     status = {m.key: "ran" for m in methods} | {"cascade": "pending: no weights"}
     text = compare.markdown(list(rows.values()), [*methods, compare.METHODS["cascade"]], status,
                             {"command": "test", "commit": "x", "date": "today", "machine": "m", "threads": 1})
@@ -84,6 +86,7 @@ def test_harness_instance_optimisation_and_ants(spec, tmp_path):
     assert (tmp_path / "box.png").stat().st_size > 0
 
 
-def test_elastix_field_sense(spec, tmp_path):
-    rows = _run(spec, [compare.METHODS["unregistered"], ELASTIX_RIGID], tmp_path)
-    _check_recovers_shift(rows["elastix-rigid"], rows["unregistered"])
+@pytest.mark.parametrize("method", [compare.METHODS["ants"], ELASTIX_RIGID], ids=["ants", "elastix"])
+def test_baseline_field_sense(spec, method, tmp_path):
+    rows = _run(spec, [compare.METHODS["unregistered"], method], tmp_path)
+    _check_recovers_shift(rows[method.key], rows["unregistered"])

@@ -312,7 +312,7 @@ def markdown(rows: list[dict], methods: list[Method], status: dict[str, str], co
     for r in rows:
         by[(r["group"], r["method"])].append(r)
     groups = list(dict.fromkeys(r["group"] for r in rows))
-    lines = [f"Command: `{context['command']}`  ", f"Commit `{context['commit']}`, {context['date']}; "
+    lines = [f"Command: `{context['command']}`  ", f"Commit {context['commit']}, {context['date']}; "
              f"{context['machine']}; methods ran with {context['threads']} threads each, one at a time.", "",
              "### Methods", ""]
     lines += _table(["key", "method", "environment", "status"],
@@ -380,6 +380,8 @@ def boxplot(rows: list[dict], methods: list[Method], path: Path) -> None:
                                  patch_artist=True, showfliers=True, flierprops={"markersize": 2})
             for box in parts["boxes"]:
                 box.set_facecolor(colours(i))
+            for values, position in keep:  # the pairs themselves: with few pairs a box is only a line
+                axis.plot(np.full(values.size, position), values, ".", color=colours(i), markersize=4)
             axis.plot([], [], "s", color=colours(i), label=m.title)
         axis.set_xticks(range(len(names)), [n.replace("_", " ") for n in names])
         axis.set_ylim(0, 1)
@@ -397,6 +399,11 @@ def machine() -> str:
                   if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{os.cpu_count()} CPU cores ({model}), {gpu}, {platform.system()}"
+
+
+def head_commit() -> str:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
+    return done.stdout.strip() or "unknown"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -420,10 +427,13 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{m.title}: {status[m.key]}", file=sys.stderr)
     runnable = [m for m in methods if status[m.key] == "ran"]
     torch.set_num_threads(1)  # the harness only makes pairs and evaluates; methods get --threads
+    commit, started = head_commit(), time.perf_counter()
     rows = run(suite_pairs(args.suite, args.spacing), runnable, out, args.threads, args.timeout, args.keep_fields)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
+    if head_commit() != commit:  # each method process imports the library afresh
+        commit += f" (HEAD moved to {head_commit()} during the run)"
+    minutes = (time.perf_counter() - started) / 60
     context = {"command": " ".join(["python", "benchmarks/compare.py", *(argv or sys.argv[1:])]),
-               "commit": commit.stdout.strip() or "unknown", "date": datetime.date.today().isoformat(),
+               "commit": commit, "date": f"{datetime.date.today().isoformat()}, took {minutes:.0f} min",
                "machine": machine(), "threads": args.threads}
     write_csv(rows, out / "results.csv")
     (out / "results.md").write_text(markdown(rows, methods, status, context))

@@ -7,7 +7,8 @@ each in its own virtual environment. It writes into OUTDIR:
   (x, y, z) in LPS millimetres: the fixed point ``x`` maps to the moving point ``x + u(x)``
   (ITK resampling convention; MetaImage, so no NIfTI RAS/LPS reinterpretation of vectors).
 * ``run.json``: ``seconds`` (the registration call only, images already in memory, field export
-  excluded), ``peak_memory_mb`` (peak RSS of the process), ``threads`` and ``versions``.
+  excluded), ``peak_memory_mb`` (peak RSS of the process, see :func:`peak_memory_mb`), ``threads``
+  and ``versions``.
 """
 
 from __future__ import annotations
@@ -47,10 +48,25 @@ def parse(description: str, extra=None) -> argparse.Namespace:
     return args
 
 
+def peak_memory_mb() -> float:
+    """Peak resident memory of this program (MB): VmHWM on Linux, else ``ru_maxrss``.
+
+    Linux carries ``ru_maxrss`` over fork and exec, so a script started by a large parent (the
+    benchmark, holding torch and a pair) would report at least the parent's size; VmHWM belongs to
+    the program's own address space.
+    """
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def finish(args: argparse.Namespace, seconds: float, versions: dict[str, str], **details) -> None:
     """Write ``run.json`` (after ``displacement.mha`` exists)."""
     if not (args.out / FIELD).is_file():
         raise RuntimeError(f"{args.out / FIELD} was not written")
-    report = {"seconds": seconds, "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+    report = {"seconds": seconds, "peak_memory_mb": peak_memory_mb(),
               "threads": args.threads, "versions": versions, **details}
     (args.out / RUN).write_text(json.dumps(report, indent=2))
