@@ -47,10 +47,16 @@ def versions() -> dict[str, str]:
 
 
 def peak_memory_mb() -> float | None:
-    """Peak resident memory of this process (MB; None where the OS does not say, e.g. Windows).
+    """Peak resident memory of this process in MB (None where the OS does not say).
 
+    Linux's VmHWM is used first: ``ru_maxrss`` carries a parent's peak across fork and exec.
     On CUDA also see ``torch.cuda.max_memory_allocated``.
     """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
     try:
         import resource
     except ImportError:
