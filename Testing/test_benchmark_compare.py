@@ -1,12 +1,11 @@
 """benchmarks/compare.py end to end on one small pair: a phantom translated by a known +t.
 
 The pair is fixed(x) = moving(x + t), so every method's pullback field must be +t inside the body:
-a method whose field came back in the wrong sense (or in the wrong order of ANTs' transform list)
-would be off by about 2 |t|. Baselines run in their own virtual environments; a missing one skips
-its test, naming the environment. ANTs' [warp, affine] order is applied by ANTs itself
-(antsApplyTransforms composes the forward list), so a translation checks the sense, not the order;
-the phantom intra pairs of the quick suite (pose plus breathing) check both (ANTs error well below
-the unregistered one).
+a method whose field came back in the wrong sense would be off by about 2 |t|. Baselines run in their
+own virtual environments; a missing one skips its test, naming the environment. ANTs' [warp, affine]
+order is applied by ANTs itself (antsApplyTransforms composes the forward list), so a translation
+checks the sense, not the order; the phantom intra pairs of the quick suite (pose plus breathing)
+check both (ANTs error well below the unregistered one).
 """
 
 from __future__ import annotations
