@@ -9,7 +9,7 @@ SLICER_VENV ?= .venv-slicer
 SLICER_STAMP := $(SLICER_VENV)/.installed
 DEMO := demo_output
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean baselines benchmark
 
 venv: $(STAMP)
 
@@ -37,6 +37,22 @@ test: $(STAMP) $(SLICER_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q Testing --ignore=Testing/slicer_logic
 	$(SLICER_VENV)/bin/python -m pytest -q Testing/slicer_logic
+
+# Elastix and ANTs run in their own environments (antspyx pins an older numpy and scipy).
+baselines: .venv-elastix/.installed .venv-ants/.installed
+
+.venv-elastix/.installed:
+	$(PYTHON) -m venv .venv-elastix
+	.venv-elastix/bin/pip install --quiet --disable-pip-version-check itk-elastix==0.25.4
+	touch $@
+
+.venv-ants/.installed:
+	$(PYTHON) -m venv .venv-ants
+	.venv-ants/bin/pip install --quiet --disable-pip-version-check antspyx==0.6.3
+	touch $@
+
+benchmark: $(STAMP) baselines
+	$(BIN)/python benchmarks/compare.py --suite quick
 
 clean:
 	rm -rf $(DEMO)
