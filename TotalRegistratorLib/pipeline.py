@@ -64,11 +64,16 @@ def peak_memory_mb() -> float | None:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def image_similarity(fixed: sitk.Image, other: sitk.Image, grid: Grid) -> float:
-    """Local NCC (radius 2, in [0, 1], higher is better) of two images of the fixed grid, on ``grid``."""
-    tensors = [preprocess.normalize_intensity(torch.as_tensor(sitk.GetArrayFromImage(
-        preprocess.resample(image, grid)))[None, None].float()) for image in (fixed, other)]
-    return float(-similarity.local_ncc(*tensors, radius=2))
+def image_similarity(fixed: sitk.Image, others: dict[str, sitk.Image], grid: Grid) -> dict[str, float]:
+    """Local NCC (radius 2, in [0, 1], higher is better) of the fixed image with each of ``others``
+    (images on the fixed grid), evaluated on ``grid``; the fixed image is resampled once.
+    """
+    def on_grid(image: sitk.Image) -> torch.Tensor:
+        array = sitk.GetArrayFromImage(preprocess.resample(image, grid))
+        return preprocess.normalize_intensity(torch.as_tensor(array)[None, None].float())
+
+    target = on_grid(fixed)
+    return {name: float(-similarity.local_ncc(target, on_grid(image), radius=2)) for name, image in others.items()}
 
 
 def _check_labels(labels: sitk.Image, reference: sitk.Image, path: Path) -> None:
@@ -137,8 +142,7 @@ def run_register(fixed_path: Path, moving_path: Path, output: Path, settings: Op
         "export_spacing_mm": export_spacing, "device": str(settings.device), "threads": torch.get_num_threads(),
         "versions": versions(), "working_grid": {"size": result.grid.size, "spacing_mm": result.grid.spacing},
         "affine_matrix": None if result.affine is None else result.affine.tolist(),
-        "similarity_local_ncc": {"before": image_similarity(fixed, before, result.grid),
-                                 "after": image_similarity(fixed, warped, result.grid)},
+        "similarity_local_ncc": image_similarity(fixed, {"before": before, "after": warped}, result.grid),
         "field_in_body": field_summary(result.field, result.grid, body_on_grid),  # on the working grid
     }
     timings["export"] = time.perf_counter() - start
