@@ -73,6 +73,10 @@ def test_harness_with_instance_optimisation(spec, tmp_path):
     rows = _run(spec, [compare.METHODS[key] for key in ("unregistered", "io")], tmp_path)
     _check_recovers_shift(rows["io"], rows["unregistered"])
     assert rows["io"]["seconds"] > 0 and rows["io"]["peak_memory_mb"] > 0 and rows["io"]["threads"] == 1
+    again = compare.run([spec], [compare.METHODS[key] for key in rows], tmp_path, threads=1, resume=True)
+    # reused from row.json, not run again (a rerun's seconds would differ)
+    assert [(r["method"], r["seconds"], r["dice_mean"]) for r in again] == \
+        [(r["method"], r["seconds"], r["dice_mean"]) for r in rows.values()]
     methods = [compare.METHODS[key] for key in rows]
     compare.write_csv(list(rows.values()), tmp_path / "results.csv")
     with open(tmp_path / "results.csv") as handle:

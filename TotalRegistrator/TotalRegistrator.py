@@ -30,6 +30,7 @@ from TotalRegistratorSlicer import logic as core
 
 DEVICE_CHOICES = {"auto": "auto", "CPU": "cpu", "GPU": "cuda"}  # panel text -> command line value
 CUSTOM_PRESET = "Custom"
+SEGMENTATIONS_REFERENCE = "segmentationToTransform"  # parameter node references: the checked segmentations
 
 
 class TotalRegistrator(ScriptedLoadableModule):
@@ -146,6 +147,7 @@ class TotalRegistratorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.applyToSegmentationsButton.connect("clicked(bool)", self.onApplyToSegmentations)
+        self.ui.segmentationsSelector.connect("checkedNodesChanged()", self.onSegmentationsChecked)
         self.ui.progressBar.hide()
         self.initializeParameterNode()
 
@@ -190,7 +192,29 @@ class TotalRegistratorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+            self.showCheckedSegmentations()
             self.updateButtons()
+
+    # --- segmentations to move (node references of the parameter node: no wrapper type for a checkable list) ----
+    def showCheckedSegmentations(self):
+        raw = self._parameterNode.parameterNode
+        chosen = [raw.GetNthNodeReference(SEGMENTATIONS_REFERENCE, i)
+                  for i in range(raw.GetNumberOfNodeReferences(SEGMENTATIONS_REFERENCE))]
+        selector = self.ui.segmentationsSelector
+        was = selector.blockSignals(True)
+        for i in range(selector.nodeCount()):
+            node = selector.nodeFromIndex(i)
+            selector.setCheckState(node, qt.Qt.Checked if node in chosen else qt.Qt.Unchecked)
+        selector.blockSignals(was)
+
+    def onSegmentationsChecked(self):
+        if not self._parameterNode:
+            return
+        raw = self._parameterNode.parameterNode
+        with slicer.util.NodeModify(raw):
+            raw.RemoveNodeReferenceIDs(SEGMENTATIONS_REFERENCE)
+            for node in self.ui.segmentationsSelector.checkedNodes():
+                raw.AddNodeReferenceID(SEGMENTATIONS_REFERENCE, node.GetID())
 
     # --- blocks and presets -------------------------------------------------------------------------------------
     def chosenBlocks(self) -> tuple[str, ...]:
@@ -371,7 +395,7 @@ class TotalRegistratorTest(ScriptedLoadableModuleTest):
         nodes = logic.loadSamplePair(slicer.mrmlScene, paths)
         self.delayDisplay("Registering")
         stages = []
-        outputs = logic.register(nodes["fixed"], nodes["moving"], blocks=(), iterations=(30, 10),
+        outputs = logic.register(nodes["fixed"], nodes["moving"], blocks=core.available_blocks(), iterations=(30, 10),
                                  warpedVolume=True, subtractionBefore=True, subtractionAfter=True,
                                  progress=stages.append)
         self.assertTrue(stages)

@@ -1,6 +1,6 @@
 """TotalRegistrator side by side with Elastix and ANTs SyN on the same pairs, evaluated the same way.
 
-    .venv/bin/python benchmarks/compare.py --suite quick|full [--out DIR] [--methods KEY ...]
+    .venv/bin/python benchmarks/compare.py --suite quick|validation|full [--out DIR] [--methods KEY ...] [--resume]
 
 Pairs (fixed seeds from :data:`SEED_BASE` = 10,000 up; training draws its pair seeds from
 ``phantom_cli.pair_seed`` hashes and never calls ``make_pair`` with these directly):
@@ -9,7 +9,11 @@ Pairs (fixed seeds from :data:`SEED_BASE` = 10,000 up; training draws its pair s
 * the real 3 mm torso crop (example_ct_sm with its TotalSegmentator labels) and the 4 mm chest CT
   (ct-64 with its lung mask) from ../shared/data, each deformed by :func:`pairs.deform_scan`.
 
-``quick``: 1 pair of each (5 pairs); ``full``: 10 of each phantom kind and 5 of each real scan.
+Suites (:data:`SUITES`): ``quick``, 1 pair of each (5 pairs, phantoms at 6 mm) with the main methods
+(:data:`CORE_METHODS`), under 15 minutes on 2 cores; ``validation``, 4 of each phantom kind at 4 mm
+with the cascade's single-block ablation (the shipped weights' model card, Resources/MODEL_CARD.md);
+``full``, 10 of each phantom kind at 4 mm and 5 of each real scan with every method (hours on a
+laptop CPU, Elastix most of it: ``--resume`` continues an interrupted run).
 
 Every method (:data:`METHODS`) is a script in benchmarks/baselines run as a subprocess in its own
 virtual environment (protocol in baselines/protocol.py): it writes the pullback displacement field on
@@ -56,7 +60,7 @@ BASELINES = REPO / "benchmarks" / "baselines"
 WEIGHTS = REPO / "Resources" / "weights"
 SHARED = REPO.parent / "shared" / "data"
 SEED_BASE = 10_000
-SUITES = {"quick": {"phantom": 1, "real": 1}, "full": {"phantom": 10, "real": 5}}
+ROW = "row.json"  # a finished (pair, method) row, beside the method's outputs
 sys.path.insert(0, str(BASELINES))
 import protocol  # noqa: E402  (baselines/protocol.py: the method scripts' contract)
 
@@ -107,6 +111,27 @@ METHODS: dict[str, Method] = {m.key: m for m in (
 )}
 
 
+CORE_METHODS = ("unregistered", "io", "cascade", "cascade+io", "elastix", "ants")
+ABLATION = ("unregistered", "affine", *(f"affine+{b}" for b in BLOCKS[1:]), "cascade", "cascade+io")
+
+
+@dataclass(frozen=True)
+class Suite:
+    """Pairs per phantom kind and per real scan, phantom voxel spacing (mm) and the default methods."""
+
+    phantom: int
+    real: int
+    spacing: float
+    methods: tuple[str, ...]
+
+
+SUITES = {
+    "quick": Suite(1, 1, 6.0, CORE_METHODS),
+    "validation": Suite(4, 0, 4.0, ABLATION),
+    "full": Suite(10, 5, 4.0, tuple(METHODS)),
+}
+
+
 # --- pairs -----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PairSpec:
@@ -131,18 +156,20 @@ def read_real(source: str) -> tuple[sitk.Image, sitk.Image]:
 REAL_SOURCES = {"torso": "totalsegmentator/example_ct_sm.nii.gz", "chest": "chestimagingplatform/ct-64.nrrd"}
 
 
-def suite_pairs(suite: str, spacing: float) -> list[PairSpec]:
-    """The pairs of a suite; real scans are left out (with a message) when ../shared/data is absent."""
+def suite_pairs(suite: str, spacing: float | None = None) -> list[PairSpec]:
+    """The pairs of a suite (phantom ``spacing`` mm, default the suite's); real scans are left out (with a
+    message) when ../shared/data is absent."""
     counts = SUITES[suite]
+    spacing = spacing or counts.spacing
     specs = [PairSpec(f"{kind}-{seed}", f"phantom {kind}", lambda k=kind, s=seed: make_pair(k, s, spacing=spacing))
-             for kind in KINDS for seed in range(SEED_BASE, SEED_BASE + counts["phantom"])]
-    for source, relative in REAL_SOURCES.items():
+             for kind in KINDS for seed in range(SEED_BASE, SEED_BASE + counts.phantom)]
+    for source, relative in REAL_SOURCES.items() if counts.real else ():
         if not (SHARED / relative).exists():
             print(f"real CT pairs from {relative} left out: ../shared/data not found", file=sys.stderr)
             continue
         specs += [PairSpec(f"{source}-{seed}", "real CT (deformed)",
                            lambda src=source, s=seed: deform_scan(*read_real(src), s))
-                  for seed in range(SEED_BASE, SEED_BASE + counts["real"])]
+                  for seed in range(SEED_BASE, SEED_BASE + counts.real)]
     return specs
 
 
@@ -249,15 +276,36 @@ COLUMNS = ("pair", "group", "kind", "method", "title", "status", "seconds", "pro
            "folding_percent", "sdlogj", "jacobian_min")
 
 
+def finished_row(folder: Path) -> dict | None:
+    """The row a method left in ``folder`` (``row.json``) if it finished successfully, else None."""
+    path = folder / ROW
+    if not path.is_file():
+        return None
+    row = json.loads(path.read_text())
+    return row if row.get("status") == "ok" else None
+
+
 def run(specs: list[PairSpec], methods: list[Method], out: Path, threads: int, timeout: float = 3600.0,
-        keep_fields: bool = False) -> list[dict]:
-    """Every available method on every pair; one row per (pair, method), failures recorded, never fatal."""
+        keep_fields: bool = False, resume: bool = False) -> list[dict]:
+    """Every available method on every pair; one row per (pair, method), failures recorded, never fatal.
+
+    Each row is also written to ``out/pairs/<pair>/<method>/row.json``; with ``resume`` the successful
+    ones found there are reused (a long suite can run in several sittings; failures run again).
+    """
     rows, out = [], Path(out).resolve()  # the scripts run inside their output folders
     for n, spec in enumerate(specs, 1):
+        done = {m.key: finished_row(out / "pairs" / spec.name / m.key) if resume else None for m in methods}
+        if all(done.values()):
+            rows += [done[m.key] for m in methods]
+            print(f"[{n}/{len(specs)}] {spec.name}: all methods done earlier", flush=True)
+            continue
         start = time.perf_counter()
         prepared = prepare(spec, out / "pairs" / spec.name)
         print(f"[{n}/{len(specs)}] {spec.name}: pair made in {time.perf_counter() - start:.1f} s", flush=True)
         for method in methods:
+            if done[method.key]:
+                rows.append(done[method.key])
+                continue
             row = {"pair": spec.name, "group": spec.group, "kind": prepared.pair.kind, "method": method.key,
                    "title": method.title}
             folder = out / "pairs" / spec.name / method.key
@@ -270,6 +318,7 @@ def run(specs: list[PairSpec], methods: list[Method], out: Path, threads: int, t
                 row["status"] = f"failed: {err}"
             if not keep_fields:
                 (folder / protocol.FIELD).unlink(missing_ok=True)
+            (folder / ROW).write_text(json.dumps(row))
             rows.append(row)
             print(f"    {method.key:>14}: {row['status']}, {row.get('seconds', math.nan):.1f} s, "
                   f"Dice {row.get('dice_mean', math.nan):.3f}, error {row.get('error_mean_mm', math.nan):.2f} mm, "
@@ -408,19 +457,23 @@ def head_commit() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--suite", choices=sorted(SUITES), default="quick")
+    parser.add_argument("--suite", choices=list(SUITES), default="quick")
     parser.add_argument("--out", type=Path, help="output folder (default benchmarks/results/<suite>)")
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
-    parser.add_argument("--spacing", type=float, default=4.0, help="phantom voxel spacing (mm)")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS),
+                        help="methods to run (default: the suite's; quick: " + ", ".join(CORE_METHODS)
+                        + "; validation: the single-block ablation and the cascade; full: all)")
+    parser.add_argument("--spacing", type=float, help="phantom voxel spacing, mm (default: quick 6, others 4)")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the (pair, method) results an earlier run of the same --out finished")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads per method (default: all cores)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per method and pair")
     parser.add_argument("--keep-fields", action="store_true", help="keep the pairs' images and every field")
     args = parser.parse_args(argv)
     out = (args.out or REPO / "benchmarks" / "results" / args.suite).resolve()
-    if out.exists():
+    if out.exists() and not args.resume:
         shutil.rmtree(out / "pairs", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    methods = [METHODS[key] for key in args.methods]
+    methods = [METHODS[key] for key in args.methods or SUITES[args.suite].methods]
     status = {m.key: m.unavailable() or "ran" for m in methods}
     for m in methods:
         if status[m.key] != "ran":
@@ -428,7 +481,8 @@ def main(argv: list[str] | None = None) -> None:
     runnable = [m for m in methods if status[m.key] == "ran"]
     torch.set_num_threads(1)  # the harness only makes pairs and evaluates; methods get --threads
     commit, started = head_commit(), time.perf_counter()
-    rows = run(suite_pairs(args.suite, args.spacing), runnable, out, args.threads, args.timeout, args.keep_fields)
+    rows = run(suite_pairs(args.suite, args.spacing), runnable, out, args.threads, args.timeout, args.keep_fields,
+               args.resume)
     if head_commit() != commit:  # each method process imports the library afresh
         commit += f" (HEAD moved to {head_commit()} during the run)"
     minutes = (time.perf_counter() - started) / 60

@@ -5,7 +5,7 @@ same scan deformed by a simulated breathing and pose change with a known field
 (fixed; TotalRegistratorLib.pairs.deform_scan). Every run is a fresh process,
 exactly as a user runs the command line, so peak memory is that of one run.
 
-    .venv/bin/python benchmarks/register_torso.py --runs 3
+    .venv/bin/python benchmarks/register_torso.py --runs 3 [-- REGISTER OPTIONS, e.g. --no-refine]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from TotalRegistratorLib.pairs import deform_scan
 from TotalRegistratorLib.pipeline import run_evaluate
 
 TORSO = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalsegmentator" / "example_ct.nii.gz"
-STAGES = ("read", "preprocess", "pyramid", "affine", "deformable", "export", "write", "total")
+STAGES = ("read", "preprocess", "cascade", "pyramid", "affine", "deformable", "export", "write", "total")
 
 
 def make_pair(folder: Path, seed: int) -> dict[str, Path]:
