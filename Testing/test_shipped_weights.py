@@ -1,0 +1,46 @@
+"""The shipped cascade (Resources/weights): all five blocks load at the paper's grid and, on a phantom pair it
+never saw (the benchmark seeds from 10,000 up; training used ``phantom_cli.pair_seed`` hashes), the full
+cascade aligns the 11 training structures better than its affine block alone and than no registration,
+without folding. Resources/MODEL_CARD.md has the numbers over 12 such pairs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from single_thread import one_thread  # noqa: F401  (autouse)
+
+from TotalRegistratorLib import metrics
+from TotalRegistratorLib.cascade import BLOCKS, run_cascade
+from TotalRegistratorLib.labels import LABELS, TRAINING_STRUCTURES
+from TotalRegistratorLib.pairs import make_pair
+from TotalRegistratorLib.pipeline import field_summary, load_cascade, shipped_blocks
+from TotalRegistratorLib.preprocess import NETWORK_SIZE
+from TotalRegistratorLib.registration import resample_moving
+
+pytestmark = pytest.mark.skipif(not shipped_blocks(), reason="no cascade weights in Resources/weights")
+VALIDATION_SEED = 10_000  # benchmarks/compare.py SEED_BASE
+
+
+def mean_dice(pair, transform: sitk.Transform | None) -> float:
+    fixed = sitk.GetArrayFromImage(pair.fixed_labels)
+    warped = sitk.GetArrayFromImage(resample_moving(pair.moving_labels, pair.fixed, transform, labels=True))
+    present = [LABELS[s] for s in TRAINING_STRUCTURES if (fixed == LABELS[s]).any()]
+    return float(np.mean(list(metrics.dice(fixed, warped, present).values())))
+
+
+def test_every_block_ships_for_the_paper_grid():
+    assert shipped_blocks() == BLOCKS
+    assert load_cascade(None, BLOCKS).size == NETWORK_SIZE
+
+
+@pytest.mark.parametrize("kind", ["intra", "inter"])
+def test_cascade_beats_affine_and_no_registration_on_an_unseen_pair(kind):
+    pair = make_pair(kind, VALIDATION_SEED, spacing=4.0)
+    affine = run_cascade(pair.fixed, pair.moving, load_cascade(None, ("affine",)))
+    full = run_cascade(pair.fixed, pair.moving, load_cascade(None, BLOCKS))
+    before, after_affine, after = mean_dice(pair, None), mean_dice(pair, affine.transform()), \
+        mean_dice(pair, full.transform())
+    assert after > after_affine + 0.01 and after > before + 0.05, (before, after_affine, after)
+    assert field_summary(full.field, full.grid)["folding_percent"] < 1.0
