@@ -93,3 +93,10 @@ def test_harness_with_instance_optimisation(spec, tmp_path):
 def test_baseline_field_sense(spec, method, tmp_path):
     rows = _run(spec, [compare.METHODS["unregistered"], method], tmp_path)
     _check_recovers_shift(rows[method.key], rows["unregistered"])
+
+
+def test_harness_with_the_cascade_and_refinement(spec, tmp_path):
+    """The shipped cascade alone and refined by instance optimisation (skipped without shipped weights)."""
+    rows = _run(spec, [compare.METHODS[key] for key in ("unregistered", "cascade", "cascade+io")], tmp_path)
+    _check_recovers_shift(rows["cascade+io"], rows["unregistered"])
+    assert rows["cascade"]["status"] == "ok" and rows["cascade"]["folding_percent"] < 1.0

@@ -6,6 +6,8 @@ without folding. Resources/MODEL_CARD.md has the numbers over 12 such pairs.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -13,6 +15,7 @@ from single_thread import one_thread  # noqa: F401  (autouse)
 
 from TotalRegistratorLib import metrics
 from TotalRegistratorLib.cascade import BLOCKS, run_cascade
+from TotalRegistratorLib.cli import main
 from TotalRegistratorLib.labels import LABELS, TRAINING_STRUCTURES
 from TotalRegistratorLib.pairs import make_pair
 from TotalRegistratorLib.pipeline import field_summary, load_cascade, shipped_blocks
@@ -44,3 +47,15 @@ def test_cascade_beats_affine_and_no_registration_on_an_unseen_pair(kind):
         mean_dice(pair, full.transform())
     assert after > after_affine + 0.01 and after > before + 0.05, (before, after_affine, after)
     assert field_summary(full.field, full.grid)["folding_percent"] < 1.0
+
+
+def test_register_runs_the_shipped_cascade_then_refines_by_default(tmp_path):
+    record = make_pair("multiphase", VALIDATION_SEED, spacing=6.0).write(tmp_path, "pair", ground_truth=False)
+    out = tmp_path / "out"
+    assert main(["register", str(record.fixed), str(record.moving), "-o", str(out), "--fixed-labels",
+                 str(record.fixed_labels), "--moving-labels", str(record.moving_labels), "--iterations", "20,10",
+                 "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["blocks"] == list(BLOCKS) and report["refine"] is True
+    assert report["timings_s"]["cascade"] > 0 and report["timings_s"]["refine_deformable"] > 0
+    assert report["dice"]["mean_after"] > report["dice"]["mean_before"] + 0.05

@@ -157,14 +157,14 @@ def _levels(fixed: Prepared, moving: Prepared, factors, sim: Similarity) -> dict
     return levels
 
 
-def _affine_matrix(linear: torch.Tensor, shift: torch.Tensor, fixed_centre: np.ndarray,
+def _affine_matrix(linear: torch.Tensor, shift: torch.Tensor, centre: np.ndarray,
                    start: np.ndarray) -> torch.Tensor:
-    """4 x 4 fixed->moving LPS matrix: x -> start (I + linear) (x - c) + c + shift, c the fixed centroid.
+    """4 x 4 LPS matrix: x -> start (I + linear) (x - c) + c + shift, c = ``centre`` (mm).
 
-    ``start`` is the 4 x 4 initial matrix (the centroid translation).
+    ``start`` is the 4 x 4 initial matrix (e.g. the centroid translation).
     """
     dtype = linear.dtype
-    c = torch.as_tensor(fixed_centre, dtype=dtype)
+    c = torch.as_tensor(centre, dtype=dtype)
     m = torch.eye(4, dtype=dtype)
     a = torch.eye(3, dtype=dtype) + linear
     m = torch.cat([torch.cat([a, (c - a @ c + shift)[:, None]], 1), m[3:]], 0)
@@ -184,9 +184,11 @@ def optimize(fixed: Prepared, moving: Prepared, settings: OptimizationSettings |
     """Register ``moving`` to ``fixed`` (prepared on working grids of the same device).
 
     ``initial`` = (field, grid), a pullback field to refine (e.g. the cascade's):
-    it replaces the centroid and affine stages. Returns the pullback field
-    [1, 3, K, J, I] (mm, LPS) on ``fixed.grid``, the 4 x 4 fixed->moving matrix
-    of the affine stage (None when refining ``initial``) and seconds per stage.
+    it replaces the centroid initialisation, and the affine stage then corrects
+    it globally in moving space (``x -> C(x + initial(x))``) before the
+    deformable stage. Returns the pullback field [1, 3, K, J, I] (mm, LPS) on
+    ``fixed.grid``, the 4 x 4 matrix of the affine stage (fixed->moving, or the
+    moving->moving correction ``C`` when refining ``initial``) and seconds per stage.
     """
     settings = settings or OptimizationSettings()
     progress = progress or (lambda stage, done, total: None)
@@ -198,21 +200,25 @@ def optimize(fixed: Prepared, moving: Prepared, settings: OptimizationSettings |
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
-    affine_levels = settings.affine_levels if initial is None else ()
-    levels = _levels(fixed, moving, (*affine_levels, *settings.deformable_levels), sim)
+    levels = _levels(fixed, moving, (*settings.affine_levels, *settings.deformable_levels), sim)
     timings["pyramid"] = time.perf_counter() - start
 
-    affine = None
+    start = time.perf_counter()
     if initial is None:
-        start = time.perf_counter()
         affine = _affine_stage(levels, fixed, moving, settings, sim, progress)
-        timings["affine"] = time.perf_counter() - start
 
         def base_on(grid: Grid) -> torch.Tensor:
             return fields.affine_field(affine, grid, device)
     else:
+        def initial_points(grid: Grid) -> torch.Tensor:
+            return grid.world_points(device) + fields.resample_field(initial[0].to(device), initial[1],
+                                                                     grid).movedim(1, -1)
+
+        affine = _affine_stage(levels, fixed, moving, settings, sim, progress, initial_points)
+
         def base_on(grid: Grid) -> torch.Tensor:
-            return fields.resample_field(initial[0].to(device), initial[1], grid)
+            return (matrix_apply(affine, initial_points(grid)) - grid.world_points(device)).movedim(-1, 1)
+    timings["affine"] = time.perf_counter() - start
 
     start = time.perf_counter()
     field_on_grid = _deformable_stage(levels, fixed, moving, settings, sim, progress, base_on)
@@ -221,27 +227,37 @@ def optimize(fixed: Prepared, moving: Prepared, settings: OptimizationSettings |
 
 
 def _affine_stage(levels: dict[int, Level], fixed: Prepared, moving: Prepared, settings: OptimizationSettings,
-                  sim: Similarity, progress: Progress) -> np.ndarray:
-    """Centroid translation, then 12 affine parameters about the fixed centroid, coarse to fine."""
+                  sim: Similarity, progress: Progress,
+                  initial_points: Callable[[Grid], torch.Tensor] | None = None) -> np.ndarray:
+    """12 affine parameters, coarse to fine: the fixed->moving matrix, starting from the centroid
+    translation and turning about the fixed centroid; or, given ``initial_points`` (a grid's points
+    [1, K, J, I, 3] already mapped into moving space), the moving->moving correction of those points,
+    starting from the identity and turning about the moving centroid.
+    """
     initial = np.eye(4)
-    initial[:3, 3] = moving.centroid - fixed.centroid
+    if initial_points is None:
+        initial[:3, 3] = moving.centroid - fixed.centroid
+        centre = fixed.centroid
+    else:
+        centre = moving.centroid
     linear = torch.zeros(3, 3, requires_grad=True)
     shift = torch.zeros(3, requires_grad=True)  # in dm: an Adam step of 0.01 moves about 1 mm
     optimizer = torch.optim.Adam([linear, shift], lr=settings.affine_learning_rate, eps=1e-5)
     total, done = sum(settings.affine_iterations), 0
     for factor, iterations in zip(settings.affine_levels, settings.affine_iterations):
         level = levels[factor]
-        world = level.grid.world_points(fixed.tensor.device)
+        world = level.grid.world_points(fixed.tensor.device) if initial_points is None \
+            else initial_points(level.grid)
         for step in range(iterations):
             anneal(optimizer, settings.affine_learning_rate, step, iterations)
             optimizer.zero_grad()
-            matrix = _affine_matrix(linear, 100.0 * shift, fixed.centroid, initial).to(world)
+            matrix = _affine_matrix(linear, 100.0 * shift, centre, initial).to(world)
             loss = _step(level, matrix_apply(matrix, world), moving.domain, sim)
             loss.backward()
             optimizer.step()
             done += 1
             progress("affine", done, total)
-    return _affine_matrix(linear.detach(), 100.0 * shift.detach(), fixed.centroid, initial).double().numpy()
+    return _affine_matrix(linear.detach(), 100.0 * shift.detach(), centre, initial).double().numpy()
 
 
 def _deformable_stage(levels: dict[int, Level], fixed: Prepared, moving: Prepared, settings: OptimizationSettings,

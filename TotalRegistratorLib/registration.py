@@ -88,8 +88,9 @@ def register(fixed: sitk.Image, moving: sitk.Image, settings: OptimizationSettin
     """Register ``moving`` onto ``fixed`` (CT in HU) by instance optimisation.
 
     ``initial`` refines an existing registration of the same pair (e.g. the
-    cascade's) instead of starting from the centroid and affine stages; its
-    affine part is kept as the result's.
+    cascade's) instead of starting from the body centroids: the affine stage
+    corrects it globally, then the deformable stage locally; the result's affine
+    part is the correction composed with ``initial``'s.
     """
     settings = settings or OptimizationSettings()
     device = resolve_device(settings.device)
@@ -109,7 +110,7 @@ def register(fixed: sitk.Image, moving: sitk.Image, settings: OptimizationSettin
     field_on_grid, affine, stage_times = optimize(prepared_fixed, prepared_moving, settings, progress, start_field)
     timings.update(stage_times)
     if initial is not None:
-        affine = initial.affine
+        affine = None if initial.affine is None else affine @ initial.affine
     return Result(fixed, moving, field_on_grid.cpu(), prepared_fixed.grid, affine, fixed_mask, timings)
 
 

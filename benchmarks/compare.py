@@ -112,7 +112,7 @@ METHODS: dict[str, Method] = {m.key: m for m in (
 
 
 CORE_METHODS = ("unregistered", "io", "cascade", "cascade+io", "elastix", "ants")
-ABLATION = ("unregistered", "affine", *(f"affine+{b}" for b in BLOCKS[1:]), "cascade", "cascade+io")
+ABLATION = ("unregistered", "affine", *(f"affine+{b}" for b in BLOCKS[1:]), "cascade", "cascade+io", "io")
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ def main() -> None:
     else:
         result = run_cascade(fixed, moving, cascade, args.device)
         if args.refine:
-            result = register(fixed, moving, settings, initial=(result.field, result.grid))
+            result = register(fixed, moving, settings, initial=result)
     if args.device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
