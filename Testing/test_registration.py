@@ -110,6 +110,7 @@ def test_real_deformation_is_recovered(real_deformation):
 
 
 def test_refining_a_field_keeps_a_good_start_and_improves_a_poor_one():
+    """A start half-way (off by a global shift) is re-aligned by the affine correction, then refined."""
     t = np.array([6.0, -4.0, 3.0])
     fixed = torso(GRID)
     moving = torso(GRID, shift=t, noise_seed=1)
@@ -120,6 +121,6 @@ def test_refining_a_field_keeps_a_good_start_and_improves_a_poor_one():
     for start, limit in ((truth, 1.2), (0.5 * truth, 1.5)):
         initial = Result(fixed, moving, start, grid, None, body)
         result = register(fixed, moving, FAST, initial=initial)
-        assert result.affine is None and "affine" not in result.timings
+        assert result.affine is None and result.timings["affine"] > 0  # the start had no affine part to compose
         error = np.linalg.norm(exported_field(result) - truth[0].numpy(), axis=0)[body]
         assert np.median(error) < limit, np.median(error)

@@ -49,12 +49,12 @@ def test_cascade_beats_affine_and_no_registration_on_an_unseen_pair(kind):
     assert field_summary(full.field, full.grid)["folding_percent"] < 1.0
 
 
-def test_register_runs_the_shipped_cascade_then_refines_by_default(tmp_path):
+def test_register_runs_the_shipped_cascade_then_refines(tmp_path):
     record = make_pair("multiphase", VALIDATION_SEED, spacing=6.0).write(tmp_path, "pair", ground_truth=False)
     out = tmp_path / "out"
     assert main(["register", str(record.fixed), str(record.moving), "-o", str(out), "--fixed-labels",
-                 str(record.fixed_labels), "--moving-labels", str(record.moving_labels), "--iterations", "20,10",
-                 "--quiet"]) == 0
+                 str(record.fixed_labels), "--moving-labels", str(record.moving_labels), "--blocks", "all",
+                 "--iterations", "20,10", "--quiet"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["blocks"] == list(BLOCKS) and report["refine"] is True
     assert report["timings_s"]["cascade"] > 0 and report["timings_s"]["refine_deformable"] > 0

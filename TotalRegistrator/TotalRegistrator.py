@@ -97,11 +97,12 @@ class TotalRegistratorParameterNode:
 
     fixedVolume: slicer.vtkMRMLScalarVolumeNode
     movingVolume: slicer.vtkMRMLScalarVolumeNode
-    affine: bool = True
-    bone: bool = True
-    thorax: bool = True
-    abdomen: bool = True
-    wholebody: bool = True
+    # preset "Instance optimisation only": more accurate than the shipped cascade (Resources/MODEL_CARD.md)
+    affine: bool = False
+    bone: bool = False
+    thorax: bool = False
+    abdomen: bool = False
+    wholebody: bool = False
     refine: bool = True
     coarseIterations: Annotated[int, WithinRange(0, 5000)] = core.DEFAULT_ITERATIONS[0]
     fineIterations: Annotated[int, WithinRange(0, 5000)] = core.DEFAULT_ITERATIONS[1]

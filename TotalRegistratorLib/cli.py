@@ -82,7 +82,7 @@ def _add_register(subparsers) -> None:
     p.add_argument("--blocks", type=_blocks, default=None, metavar="LIST",
                    help="cascade blocks to run, in the fixed order affine,bone,thorax,abdomen,wholebody: a "
                         "comma-separated subset, 'all', or 'none' for instance optimisation alone (default: "
-                        "every block with shipped weights)")
+                        "none, or all with --weights; see Resources/MODEL_CARD.md)")
     p.add_argument("--weights", type=Path, default=None, help="folder with <block>.pt files (default: shipped)")
     p.add_argument("--no-refine", dest="refine", action="store_false",
                    help="skip the instance-optimisation refinement after the cascade")
@@ -109,7 +109,7 @@ def _add_register(subparsers) -> None:
 
 
 def _run_register(args: argparse.Namespace) -> int:
-    from .pipeline import run_register, shipped_blocks
+    from .pipeline import DEFAULT_BLOCKS, run_register
 
     if len(args.iterations) != 2 or len(args.affine_iterations) != 2:
         raise InputError("--iterations and --affine-iterations take two values: coarse,fine")
@@ -122,7 +122,7 @@ def _run_register(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     bars = ProgressBars("none" if args.quiet else args.progress)
     try:
-        blocks = (shipped_blocks() if args.weights is None else _blocks("all")) if args.blocks is None \
+        blocks = (DEFAULT_BLOCKS if args.weights is None else _blocks("all")) if args.blocks is None \
             else args.blocks
         if not blocks and not args.refine:
             raise InputError("--no-refine needs cascade blocks to run (--blocks)")

@@ -36,6 +36,12 @@ def load_cascade(weights: Path | None, blocks: tuple[str, ...]) -> Cascade:
     return Cascade.load(weights or DEFAULT_WEIGHTS, blocks)
 
 
+# The cascade blocks ``register`` runs when none are asked for. None: on the model card's validation
+# pairs the shipped cascade, even refined, is less accurate than instance optimisation alone
+# (Resources/MODEL_CARD.md); ask for it with ``--blocks all``.
+DEFAULT_BLOCKS: tuple[str, ...] = ()
+
+
 def shipped_blocks() -> tuple[str, ...]:
     """The blocks whose weights ship in Resources/weights (empty when there are none)."""
     return tuple(b for b in BLOCKS if (DEFAULT_WEIGHTS / f"{b}.pt").is_file())

@@ -336,8 +336,8 @@ class RegistrationLogic:
         """Write the inputs and start the registration in the background; returns the :class:`Job`.
 
         ``blocks``: cascade blocks to run, a subset of :data:`BLOCKS` (() = instance optimisation
-        alone, None = every block with shipped weights). ``refine``: instance-optimisation refinement
-        after the cascade, with ``iterations`` = (coarse, fine). ``device``: one of :data:`DEVICES`.
+        alone, None = the library's default, ``pipeline.DEFAULT_BLOCKS``). ``refine``: instance-optimisation
+        refinement after the cascade, with ``iterations`` = (coarse, fine). ``device``: one of :data:`DEVICES`.
         ``outputTransform`` None creates a transform node (grid, or linear when only the affine block
         runs); the volume outputs take a node to fill, True to create one, or None to skip.
         ``extraArguments`` go to ``totalregistrator register`` as they are (e.g. ``["--spacing", "6"]``).
