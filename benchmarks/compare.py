@@ -53,12 +53,11 @@ from TotalRegistratorLib.export import field_to_image, image_to_field, transform
 from TotalRegistratorLib.geometry import Grid
 from TotalRegistratorLib.labels import LABELS, STRUCTURES, TRAINING_STRUCTURES, read_structures
 from TotalRegistratorLib.pairs import KINDS, Pair, deform_scan, make_pair
-from TotalRegistratorLib.pipeline import field_summary
+from TotalRegistratorLib.pipeline import field_summary, shipped_blocks
 from TotalRegistratorLib.registration import resample_moving
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINES = REPO / "benchmarks" / "baselines"
-WEIGHTS = REPO / "Resources" / "weights"
 SHARED = REPO.parent / "shared" / "data"
 SEED_BASE = 10_000
 ROW = "row.json"  # a finished (pair, method) row, beside the method's outputs
@@ -87,7 +86,7 @@ class Method:
         """Why this method cannot run here (None: it can)."""
         if self.venv is not None and not self.python.exists():
             return f"skipped: {self.venv} not found (create it with the Makefile's baseline target)"
-        missing = [b for b in self.blocks if not (WEIGHTS / f"{b}.pt").is_file()]
+        missing = [b for b in self.blocks if b not in shipped_blocks()]
         if missing:
             return f"pending: no {', '.join(b + '.pt' for b in missing)} in Resources/weights (cascade not trained yet)"
         if self.gpu and not torch.cuda.is_available():

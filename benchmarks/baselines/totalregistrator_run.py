@@ -13,13 +13,11 @@ from pathlib import Path
 
 import protocol
 
-WEIGHTS = Path(__file__).resolve().parents[2] / "Resources" / "weights"
-
 
 def options(parser) -> None:
     parser.add_argument("--blocks", help="comma-separated cascade blocks; none: instance optimisation only")
     parser.add_argument("--refine", action="store_true", help="instance optimisation after the cascade")
-    parser.add_argument("--weights", type=Path, default=WEIGHTS)
+    parser.add_argument("--weights", type=Path, help="folder with <block>.pt files (default: the shipped ones)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
 
@@ -38,9 +36,9 @@ def main() -> None:
     settings = OptimizationSettings(seed=args.seed, device=args.device)
     cascade = None
     if args.blocks:
-        from TotalRegistratorLib.cascade import Cascade, run_cascade
+        from TotalRegistratorLib.cascade import run_cascade
 
-        cascade = Cascade.load(args.weights, args.blocks.split(","))
+        cascade = pipeline.load_cascade(args.weights, tuple(args.blocks.split(",")))
     start = time.perf_counter()
     if cascade is None:
         result = register(fixed, moving, settings)
