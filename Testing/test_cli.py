@@ -76,6 +76,7 @@ def test_register_writes_every_output(registered, pair):
     for stage in ("read", "preprocess", "affine", "deformable", "export", "write", "total"):
         assert report["timings_s"][stage] >= 0
     assert report["peak_memory_mb"] > 0 and report["versions"]["torch"].startswith("2.13")
+    assert report["device"] == "cpu" and report["weights"] is None  # the device used; no cascade ran
 
 
 def test_exported_transform_matches_displacement_image(registered):
@@ -243,6 +244,52 @@ def test_cascade_then_refinement_improves_on_the_cascade(pair, untrained_weights
     assert "refine_deformable" in results["refined"]["timings_s"]
     ncc = {name: r["similarity_local_ncc"]["after"] for name, r in results.items()}
     assert ncc["refined"] > ncc["cascade"] + 0.05, ncc
+
+
+@pytest.mark.parametrize("option, value", [("--export-spacing", "0"), ("--spacing", "-2"), ("--threads", "0")])
+def test_numbers_that_must_be_positive(option, value, pair, tmp_path):
+    result = run_cli(["register", str(pair["fixed"]), str(pair["moving"]), "-o", str(tmp_path / "o"), option, value])
+    assert result.returncode == 2 and f"{option}: must be greater than 0" in result.stderr, result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("command", ["warp", "evaluate"])
+@pytest.mark.parametrize("name, words", [("out.png", "cannot write this format"), ("folder", "is a folder"),
+                                         ("file/out", "cannot be created in")])
+def test_bad_output_paths_of_warp_and_evaluate(command, name, words, registered, pair, tmp_path):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("x")
+    output = tmp_path / (name + {"warp": ".nii.gz", "evaluate": ".json"}[command] if name == "file/out" else name)
+    args = {"warp": ["warp", str(pair["moving"]), str(registered / "transform.h5"), "--reference",
+                     str(pair["fixed"])],
+            "evaluate": ["evaluate", "--transform", str(registered / "transform.h5")]}[command]
+    result = run_cli([*args, "-o", str(output)])
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and f"{output}: " in lines[0] and words in lines[0], \
+        result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "folder"]
+
+
+def test_evaluate_accepts_the_affine_transform_of_an_affine_only_run(tmp_path, pair):
+    affine = sitk.AffineTransform(3)
+    affine.SetTranslation((6.0, -4.0, 5.0))
+    sitk.WriteTransform(affine, str(tmp_path / "transform.h5"))
+    np.savetxt(tmp_path / "fixed.csv", [[0.0, 0.0, 0.0], [10.0, 20.0, 30.0]], delimiter=",")
+    np.savetxt(tmp_path / "moving.csv", [[6.0, -4.0, 5.0], [16.0, 16.0, 35.0]], delimiter=",")
+    out = tmp_path / "evaluation.json"
+    assert main(["evaluate", "--transform", str(tmp_path / "transform.h5"), "--landmarks",
+                 str(tmp_path / "fixed.csv"), str(tmp_path / "moving.csv"), "-o", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["linear"]["determinant"] == pytest.approx(1.0)
+    assert report["tre_mm"]["after_mean"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_evaluate_refuses_label_maps_on_different_grids(pair, tmp_path):
+    moved = sitk.ReadImage(str(pair["fixed_labels"]))
+    moved.SetOrigin([o + 5.0 for o in moved.GetOrigin()])  # same size, shifted 5 mm
+    path = write(moved, tmp_path / "shifted.nii.gz")
+    result = run_cli(["evaluate", "--labels", str(pair["fixed_labels"]), str(path)])
+    assert result.returncode == 2 and f"{path}: label map does not share the grid of" in result.stderr
 
 
 def test_unknown_block_and_missing_weights_are_input_errors(pair, tmp_path):

@@ -167,6 +167,37 @@ def test_output_folder_moves_outputs_into_place_on_success(tmp_path):
         io.OutputFolder(tmp_path / "file")
 
 
+def test_output_folder_replaces_the_outputs_of_an_earlier_run(tmp_path):
+    target = tmp_path / "results"
+    with io.OutputFolder(target, replaces=("a.txt", "labels.txt")) as out:
+        (out / "a.txt").write_text("first")
+        (out / "labels.txt").write_text("first")
+    (target / "notes.txt").write_text("the user's")
+    with io.OutputFolder(target, replaces=("a.txt", "labels.txt")) as out:
+        (out / "a.txt").write_text("second")  # this run has no labels
+    assert sorted(p.name for p in target.iterdir()) == ["a.txt", "notes.txt"]
+    assert (target / "a.txt").read_text() == "second"
+
+
+def test_output_folder_removes_the_parents_it_made_when_the_block_raises(tmp_path):
+    with pytest.raises(ValueError), io.OutputFolder(tmp_path / "new" / "deeper" / "results") as out:
+        (out / "a.txt").write_text("a")
+        raise ValueError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_file_checks_name_the_file_and_the_problem(tmp_path):
+    assert io.check_output_file(tmp_path / "new" / "out.nrrd", io.IMAGE_SUFFIXES) == tmp_path / "new" / "out.nrrd"
+    with pytest.raises(InputError, match=r"out\.png: cannot write this format; use \.nii\.gz"):
+        io.check_output_file(tmp_path / "out.png", io.IMAGE_SUFFIXES)
+    with pytest.raises(InputError, match="is a folder"):
+        io.check_output_file(tmp_path, io.IMAGE_SUFFIXES)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="cannot be created in"):
+        io.check_output_file(tmp_path / "file" / "out.nii.gz")
+    assert not list((tmp_path).glob("new"))
+
+
 # --- input errors ----------------------------------------------------------------------------------------
 
 

@@ -23,12 +23,15 @@ def module_source() -> str:
     return (MODULE / "TotalRegistrator.py").read_text()
 
 
-def logic_constant(name: str):
-    """A literal constant of TotalRegistratorSlicer/logic.py (which needs slicer to import)."""
+def logic_constant(name: str, **names):
+    """A constant of TotalRegistratorSlicer/logic.py (which needs slicer to import): a literal, or an
+    expression of the constants given in ``names``."""
     tree = ast.parse((MODULE / "TotalRegistratorSlicer" / "logic.py").read_text())
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
-            return ast.literal_eval(node.value)
+            if not names:
+                return ast.literal_eval(node.value)
+            return eval(compile(ast.Expression(node.value), "logic.py", "eval"), {"__builtins__": {}}, names)
     raise KeyError(name)
 
 
@@ -141,6 +144,21 @@ def test_logic_constants_match_the_library_and_the_pins():
     pins = {k.lower(): v for k, v in pins.items()}
     for name, version in logic_constant("REQUIREMENTS").items():
         assert pins[name.lower()] == version, name
+
+
+def test_presets_are_distinct_runnable_choices():
+    blocks = logic_constant("BLOCKS")
+    presets = logic_constant("PRESETS", BLOCKS=blocks)
+    for name, (chosen, refine) in presets.items():
+        assert chosen or refine, f"{name} runs nothing"
+        assert chosen == tuple(b for b in blocks if b in chosen), f"{name}: blocks out of the cascade's order"
+    assert len(set(presets.values())) == len(presets), "two presets are the same choice"
+    assert presets["Affine only"] == (("affine",), False)  # a linear transform node, as the READMEs promise
+    # the parameter node's defaults (no block, refinement on) show as the instance-optimisation preset
+    defaults = re.findall(r"^\s+(affine|bone|thorax|abdomen|wholebody|refine): bool = (True|False)$",
+                          module_source(), re.M)
+    state = {k: v == "True" for k, v in defaults}
+    assert presets["Instance optimisation only"] == (tuple(b for b in blocks if state[b]), state["refine"])
 
 
 def test_cli_progress_lines_parse(capsys):

@@ -141,6 +141,7 @@ class TotalRegistratorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if block not in available:
                 box.toolTip = f"No shipped weights for the {block} block (Resources/weights/{block}.pt)."
             box.connect("toggled(bool)", self.onBlocksChanged)
+        self.ui.refineCheckBox.connect("toggled(bool)", self.onBlocksChanged)
         self.ui.presetComboBox.addItems([*core.PRESETS, CUSTOM_PRESET])
         self.ui.presetComboBox.connect("currentTextChanged(QString)", self.onPresetChanged)
 
@@ -225,19 +226,21 @@ class TotalRegistratorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if name not in core.PRESETS or not self._parameterNode:
             return
         available = core.available_blocks()
+        blocks, refine = core.PRESETS[name]
         with slicer.util.NodeModify(self._parameterNode):
             for block in core.BLOCKS:
-                setattr(self._parameterNode, block, block in core.PRESETS[name] and block in available)
-            self._parameterNode.refine = self._parameterNode.refine or name == "Instance optimisation only"
+                setattr(self._parameterNode, block, block in blocks and block in available)
+            self._parameterNode.refine = refine
 
     def onBlocksChanged(self, _checked=None):
+        """A block or the refinement was ticked by hand: show the preset it matches, or Custom."""
         self.showPreset()
 
     def showPreset(self):
         if not self._parameterNode:
             return
-        blocks = self.chosenBlocks()
-        name = next((n for n, b in core.PRESETS.items() if b == blocks), CUSTOM_PRESET)
+        chosen = (self.chosenBlocks(), self._parameterNode.refine)
+        name = next((n for n, preset in core.PRESETS.items() if preset == chosen), CUSTOM_PRESET)
         was = self.ui.presetComboBox.blockSignals(True)
         self.ui.presetComboBox.setCurrentText(name)
         self.ui.presetComboBox.blockSignals(was)

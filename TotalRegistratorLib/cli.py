@@ -58,6 +58,19 @@ def _iterations(text: str) -> tuple[int, ...]:
     return values
 
 
+def _positive(kind: type):
+    """An argparse type: a number of ``kind`` greater than zero."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+        return value
+    return parse
+
+
 def _blocks(text: str) -> tuple[str, ...]:
     from .cascade import BLOCKS
 
@@ -87,7 +100,7 @@ def _add_register(subparsers) -> None:
     p.add_argument("--no-refine", dest="refine", action="store_false",
                    help="skip the instance-optimisation refinement after the cascade")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=_positive(int), default=None,
                    help="CPU threads for torch (default: torch's choice; use 1 when other work shares the cores)")
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--similarity", choices=SIMILARITIES, default=defaults.similarity,
@@ -97,8 +110,8 @@ def _add_register(subparsers) -> None:
                    help="deformable iterations per level, coarse to fine (default %(default)s); 0,0 = affine only")
     p.add_argument("--affine-iterations", type=_iterations, metavar="N,N", default=defaults.affine_iterations)
     p.add_argument("--smoothness", type=float, default=defaults.smoothness, help="weight of the diffusion term")
-    p.add_argument("--spacing", type=float, default=defaults.spacing, help="finest working spacing in mm")
-    p.add_argument("--export-spacing", type=float, default=None,
+    p.add_argument("--spacing", type=_positive(float), default=defaults.spacing, help="finest working spacing in mm")
+    p.add_argument("--export-spacing", type=_positive(float), default=None,
                    help="write the displacement field on a grid of this spacing (mm) instead of the fixed grid")
     p.add_argument("--fixed-labels", type=Path, help="label map of the fixed image: report Dice before/after")
     p.add_argument("--moving-labels", type=Path, help="label map of the moving image (also warped)")
@@ -116,7 +129,7 @@ def _run_register(args: argparse.Namespace) -> int:
     settings = OptimizationSettings(similarity=args.similarity, spacing=args.spacing, smoothness=args.smoothness,
                                     deformable_iterations=args.iterations, affine_iterations=args.affine_iterations,
                                     seed=args.seed, device=args.device)
-    if args.threads:
+    if args.threads is not None:
         import torch
 
         torch.set_num_threads(args.threads)
@@ -169,9 +182,11 @@ def _add_evaluate(subparsers) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from .io import atomic_path
+    from .io import atomic_path, check_output_file
     from .pipeline import run_evaluate
 
+    if args.output:
+        check_output_file(args.output, (".json",))
     report = run_evaluate(args.labels, args.transform, args.mask, args.landmarks, args.truth)
     text = json.dumps(report, indent=2)
     if args.output:

@@ -135,26 +135,51 @@ def read_transform(path: str | os.PathLike) -> sitk.Transform:
     return transform
 
 
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")  # single-file formats: written atomically by one rename
+
+
+def _check_creatable(path: Path, what: str) -> None:
+    existing = next((p for p in path.parents if p.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise InputError(f"{path}: {what} cannot be created in {existing}")
+
+
 def check_output_dir(path: str | os.PathLike) -> Path:
     """Raise :class:`InputError` unless ``path`` is an existing folder or can be created as one."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise InputError(f"{path}: output folder is a file")
-    parent = next((p for p in [path, *path.parents] if p.exists()), Path("."))
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise InputError(f"{path}: output folder cannot be created in {parent}")
+    if not path.is_dir():
+        _check_creatable(path, "output folder")
+    elif not os.access(path, os.W_OK):
+        raise InputError(f"{path}: output folder is not writable")
+    return path
+
+
+def check_output_file(path: str | os.PathLike, suffixes: tuple[str, ...] | None = None) -> Path:
+    """Raise :class:`InputError` unless ``path`` can be written as a file ending in one of ``suffixes``."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: output is a folder, not a file")
+    if suffixes and not path.name.lower().endswith(suffixes):
+        raise InputError(f"{path}: cannot write this format; use {', '.join(suffixes)}")
+    _check_creatable(path, "output file")
     return path
 
 
 class OutputFolder:
     """Collects outputs in a hidden staging folder, moving them into place only on :meth:`commit`.
 
-    Use as a context manager: if the block raises, the staging folder is removed
-    and the output folder is left as it was.
+    Use as a context manager: if the block raises, the staging folder (and any parent folder
+    made for it) is removed and the output folder is left as it was. On success, files named in
+    ``replaces`` that this run did not write are removed, so no output of an earlier run into the
+    same folder survives beside the new ones.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, replaces: tuple[str, ...] = ()):
         self.path = check_output_dir(path)
+        self.replaces = replaces
+        self.made = [p for p in self.path.parents if not p.exists()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.staging = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.partial-", dir=self.path.parent))
 
@@ -163,7 +188,10 @@ class OutputFolder:
 
     def commit(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        for item in sorted(self.staging.iterdir()):
+        staged = sorted(self.staging.iterdir())
+        for name in set(self.replaces) - {item.name for item in staged}:
+            (self.path / name).unlink(missing_ok=True)
+        for item in staged:
             os.replace(item, self.path / item.name)
 
     def __enter__(self) -> OutputFolder:
@@ -173,3 +201,7 @@ class OutputFolder:
         if exc_type is None:
             self.commit()
         shutil.rmtree(self.staging, ignore_errors=True)
+        if exc_type is not None:
+            for folder in self.made:  # deepest first; only folders still empty
+                with contextlib.suppress(OSError):
+                    folder.rmdir()

@@ -26,6 +26,7 @@ from .registration import Result, register, resample_moving, subtraction
 
 REGISTER_OUTPUTS = ("transform.h5", "displacement.nii.gz", "warped.nii.gz", "subtraction_before.nii.gz",
                     "subtraction_after.nii.gz", "overview.png", "report.json")
+WARPED_LABELS = "warped_labels.nii.gz"  # also written when label maps are given
 
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "Resources" / "weights"
@@ -82,10 +83,11 @@ def image_similarity(fixed: sitk.Image, others: dict[str, sitk.Image], grid: Gri
     return {name: float(-similarity.local_ncc(target, on_grid(image), radius=2)) for name, image in others.items()}
 
 
-def _check_labels(labels: sitk.Image, reference: sitk.Image, path: Path) -> None:
-    if labels.GetSize() != reference.GetSize() or not np.allclose(
-            Grid.from_image(labels).index_to_world, Grid.from_image(reference).index_to_world, atol=1e-3):
-        raise InputError(f"{path}: label map does not share its image's grid")
+def _check_grid(image: sitk.Image, reference: sitk.Image, path: Path, reference_name: str) -> None:
+    """Raise :class:`InputError` unless ``image`` (read from ``path``) lies on ``reference``'s voxel grid."""
+    if image.GetSize() != reference.GetSize() or not np.allclose(
+            Grid.from_image(image).index_to_world, Grid.from_image(reference).index_to_world, atol=1e-3):
+        raise InputError(f"{path}: label map does not share the grid of {reference_name}")
 
 
 def dice_report(fixed_labels: sitk.Image, moving_labels: sitk.Image, result: Result,
@@ -121,15 +123,16 @@ def run_register(fixed_path: Path, moving_path: Path, output: Path, settings: Op
         raise InputError(f"{fixed_labels or moving_labels}: give both --fixed-labels and --moving-labels")
     if fixed_labels is not None:
         label_maps = (io.read_image(fixed_labels, labels=True), io.read_image(moving_labels, labels=True))
-        _check_labels(label_maps[0], fixed, fixed_labels)
-        _check_labels(label_maps[1], moving, moving_labels)
+        _check_grid(label_maps[0], fixed, fixed_labels, "the fixed image")
+        _check_grid(label_maps[1], moving, moving_labels, "the moving image")
     names = (str(fixed_path), str(moving_path))
     cascade = load_cascade(weights, blocks) if blocks else None
+    device = resolve_device(settings.device)
     timings = {"read": time.perf_counter() - start}
 
     result = None
     if cascade is not None:
-        result = run_cascade(fixed, moving, cascade, resolve_device(settings.device), names, progress)
+        result = run_cascade(fixed, moving, cascade, device, names, progress)
         timings.update(result.timings)
     if refine or result is None:
         result = register(fixed, moving, settings, progress, names, initial=result)
@@ -144,8 +147,8 @@ def run_register(fixed_path: Path, moving_path: Path, output: Path, settings: Op
     warped = resample_moving(moving, fixed, transform)
     report = {
         "fixed": str(fixed_path), "moving": str(moving_path), "settings": settings.as_dict(),
-        "blocks": list(blocks), "weights": str(weights) if blocks else None, "refine": refine,
-        "export_spacing_mm": export_spacing, "device": str(settings.device), "threads": torch.get_num_threads(),
+        "blocks": list(blocks), "weights": str(weights or DEFAULT_WEIGHTS) if blocks else None, "refine": refine,
+        "export_spacing_mm": export_spacing, "device": str(device), "threads": torch.get_num_threads(),
         "versions": versions(), "working_grid": {"size": result.grid.size, "spacing_mm": result.grid.spacing},
         "affine_matrix": None if result.affine is None else result.affine.tolist(),
         "similarity_local_ncc": image_similarity(fixed, {"before": before, "after": warped}, result.grid),
@@ -154,7 +157,7 @@ def run_register(fixed_path: Path, moving_path: Path, output: Path, settings: Op
     timings["export"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    with io.OutputFolder(output) as out:
+    with io.OutputFolder(output, replaces=(*REGISTER_OUTPUTS, WARPED_LABELS)) as out:
         io.write_transform(transform, out / "transform.h5")
         io.write_image(displacement_image(result.transform(export_spacing) if affine_only else transform),
                        out / "displacement.nii.gz")
@@ -163,7 +166,7 @@ def run_register(fixed_path: Path, moving_path: Path, output: Path, settings: Op
         io.write_image(subtraction(fixed, warped), out / "subtraction_after.nii.gz")
         if label_maps is not None:
             report["dice"], warped_labels = dice_report(*label_maps, result, transform)
-            io.write_image(warped_labels, out / "warped_labels.nii.gz")
+            io.write_image(warped_labels, out / WARPED_LABELS)
         save_overview(out / "overview.png", {"fixed": fixed, "moving": before, "warped": warped,
                                              "|fixed - moving|": subtraction(fixed, before),
                                              "|fixed - warped|": subtraction(fixed, warped)},
@@ -192,8 +195,8 @@ def field_summary(field: torch.Tensor, grid: Grid, mask: np.ndarray | None = Non
 def _json_default(value):
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
-    if isinstance(value, (tuple, Path)):
-        return list(value) if isinstance(value, tuple) else str(value)
+    if isinstance(value, Path):
+        return str(value)
     raise TypeError(f"cannot serialise {type(value)}")
 
 
@@ -202,6 +205,7 @@ def run_warp(input_path: Path, transform_path: Path, reference_path: Path, outpu
 
     Images get the input's minimum value outside its field of view (air for CT).
     """
+    io.check_output_file(output, io.IMAGE_SUFFIXES)
     image = io.read_image(input_path, labels=labels)
     transform = io.read_transform(transform_path)
     reference = io.read_image(reference_path, labels=True)
@@ -251,8 +255,7 @@ def run_evaluate(labels: tuple[Path, Path] | None = None, transform_path: Path |
         raise InputError(f"{truth_path}: --truth needs --transform to compare with")
     if labels:
         a, b = (io.read_image(p, labels=True) for p in labels)
-        if a.GetSize() != b.GetSize():
-            raise InputError(f"{labels[1]}: label map size {b.GetSize()} differs from {labels[0]} {a.GetSize()}")
+        _check_grid(b, a, labels[1], str(labels[0]))
         scores = metrics.dice(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b))
         report["dice"] = scores
         report["dice_mean"] = float(np.nanmean(list(scores.values()))) if scores else float("nan")
@@ -263,11 +266,11 @@ def run_evaluate(labels: tuple[Path, Path] | None = None, transform_path: Path |
             return None
         return sitk.GetArrayFromImage(resample_moving(mask_image, grid.reference_image(), labels=True)) > 0
 
-    if transform is not None:
-        if not isinstance(transform, sitk.DisplacementFieldTransform):
-            raise InputError(f"{transform_path}: folding needs a displacement field transform")
+    if isinstance(transform, sitk.DisplacementFieldTransform):
         grid = Grid.from_image(transform.GetDisplacementField())
         report["field"] = field_summary(transform_to_field(transform, grid), grid, mask_on(grid))
+    elif transform is not None and hasattr(transform, "GetMatrix"):  # linear: folds everywhere or nowhere
+        report["linear"] = {"determinant": float(np.linalg.det(np.reshape(transform.GetMatrix(), (3, 3))))}
     if truth_path:
         truth = io.read_transform(truth_path)
         if not isinstance(truth, sitk.DisplacementFieldTransform):

@@ -35,12 +35,13 @@ import vtk
 from .process import ERROR_PREFIX, ProcessRunner, Progress, child_environment, parse_progress
 
 BLOCKS = ("affine", "bone", "thorax", "abdomen", "wholebody")
-PRESETS = {
-    "Full cascade": BLOCKS,
-    "Affine only": ("affine",),
-    "Lungs/thorax": ("affine", "thorax"),
-    "Abdomen": ("affine", "abdomen"),
-    "Instance optimisation only": (),
+PRESETS = {  # name -> (cascade blocks, instance-optimisation refinement)
+    "Cascade + refinement": (BLOCKS, True),
+    "Full cascade": (BLOCKS, False),
+    "Affine only": (("affine",), False),
+    "Lungs/thorax": (("affine", "thorax"), False),
+    "Abdomen": (("affine", "abdomen"), False),
+    "Instance optimisation only": ((), True),
 }
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_ITERATIONS = (100, 30)  # the library's OptimizationSettings().deformable_iterations (coarse, fine)
