@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from conftest import rotation
 
+from TotalRegistratorLib import fields
 from TotalRegistratorLib.geometry import Grid, matrix_apply, physical_bounding_box
 
 
@@ -193,8 +194,8 @@ def test_physical_bounding_box_contains_every_masked_centre_and_rejects_empty():
         physical_bounding_box(grid, np.zeros(grid.shape, bool))
 
 
-def test_contains_uses_half_voxel_margin(oblique_grid):
+def test_inside_uses_half_voxel_margin(oblique_grid):
     idx = np.array([[-0.4, 0, 0], [-0.6, 0, 0], [39.4, 33, 27], [39.6, 33, 27], [20, 17, 14]])
-    pts = oblique_grid.transform_indices(idx)
-    assert oblique_grid.contains(pts).tolist() == [True, False, True, False, True]
-    assert oblique_grid.contains(pts, margin=0.0).tolist() == [False, False, False, False, True]
+    pts = torch.as_tensor(oblique_grid.transform_indices(idx))
+    assert fields.inside(pts, oblique_grid).tolist() == [True, False, True, False, True]
+    assert fields.inside(pts, oblique_grid, margin=0.0).tolist() == [False, False, False, False, True]

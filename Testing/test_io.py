@@ -11,7 +11,7 @@ import SimpleITK as sitk
 import torch
 from conftest import rotation, shared_file, smooth_volume, torso
 
-from TotalRegistratorLib import io, preprocess
+from TotalRegistratorLib import fields, io, preprocess
 from TotalRegistratorLib.errors import InputError
 from TotalRegistratorLib.geometry import Grid, physical_bounding_box
 
@@ -291,6 +291,15 @@ def test_body_mask_excludes_the_table_and_includes_the_lungs():
     assert -120.0 < lower[0] < -105.0 and 105.0 < upper[0] < 120.0  # half-width 110 +- 8 mm along z
 
 
+def test_body_mask_fills_axial_slices_whatever_the_storage_order():
+    image, _ = torso_on_table()  # lungs reach the top of the field of view: open in coronal and sagittal slices
+    stored = sitk.PermuteAxes(image, [2, 0, 1])  # the same scan, voxels stored z, x, y
+    assert np.array_equal(sitk.GetArrayViewFromImage(stored), np.transpose(sitk.GetArrayViewFromImage(image),
+                                                                            (1, 2, 0)))
+    expected = np.transpose(preprocess.body_mask(image), (1, 2, 0))
+    assert np.array_equal(preprocess.body_mask(stored), expected)
+
+
 def test_body_mask_rejects_images_without_a_body():
     air = TORSO_GRID.apply_to(sitk.GetImageFromArray(np.full(TORSO_GRID.shape, -1000.0, np.float32)))
     with pytest.raises(InputError, match="^scan.nii: no body found"):
@@ -314,7 +323,7 @@ def test_network_grid_covers_the_body_box():
     np.testing.assert_allclose(net.corners().min(0), lower, atol=1e-6)
     np.testing.assert_allclose(net.corners().max(0), upper, atol=1e-6)
     body_points = grid.transform_indices(np.argwhere(mask)[:, ::-1])
-    assert net.contains(body_points, margin=1e-6).all()
+    assert fields.inside(torch.as_tensor(body_points), net, margin=1e-6).all()
     np.testing.assert_allclose(net.spacing, (upper - lower) / (np.asarray(net.size) - 1), rtol=1e-9)
 
 

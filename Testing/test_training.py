@@ -55,6 +55,13 @@ def test_phantom_pairs_are_reused(pairs):
     assert records[0].fixed.stat().st_mtime_ns == stamp and (folder / "pairs.csv").is_file()
 
 
+def test_phantom_pairs_made_with_other_settings_are_made_again(tmp_path):
+    phantom_pairs(tmp_path, 1, seed=0, spacing=8.0, progress=False)
+    record = phantom_pairs(tmp_path, 1, seed=0, spacing=10.0, progress=False)[0]
+    assert read_image(record.fixed).GetSpacing() == (10.0, 10.0, 10.0)
+    assert (tmp_path / "pair0000.done").read_text().endswith("spacing 10 mm")
+
+
 def test_epoch_order_is_seeded_and_covers_pairs():
     order = epoch_order(5, 12, seed=1, epoch=3)
     assert order == epoch_order(5, 12, seed=1, epoch=3) and len(order) == 12

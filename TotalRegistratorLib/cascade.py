@@ -249,16 +249,15 @@ class Cascade(nn.Module):
         return cls({b: n for b, (n, _) in loaded.items()}, {b: c for b, (_, c) in loaded.items()}, size)
 
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor, mapping: Mapping,
-                blocks: Sequence[str] | None = None, progress: Progress | None = None) -> Mapping:
-        """Extend ``mapping`` (start with :meth:`Mapping.box`) by ``blocks`` (default: all loaded), in order.
+                progress: Progress | None = None) -> Mapping:
+        """Extend ``mapping`` (start with :meth:`Mapping.box`) by every loaded block, in the cascade's order.
 
         ``progress("cascade", done, total)`` is called after every block.
         """
-        names = self.names if blocks is None else [b for b in self.names if b in blocks]
-        for done, name in enumerate(names, 1):
+        for done, name in enumerate(self.names, 1):
             mapping, _ = apply_block(name, self.blocks[name], mapping, fixed, moving)
             if progress is not None:
-                progress("cascade", done, len(names))
+                progress("cascade", done, len(self.names))
         return mapping
 
 

@@ -14,7 +14,6 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .fields import resample_field
 from .geometry import Grid
 
 
@@ -41,11 +40,8 @@ def image_to_field(image: sitk.Image, dtype=torch.float32) -> tuple[torch.Tensor
     return torch.as_tensor(array, dtype=dtype).movedim(-1, 0)[None], Grid.from_image(image)
 
 
-def field_to_transform(field: torch.Tensor, grid: Grid, target: Grid | None = None) -> sitk.Transform:
-    """A DisplacementFieldTransform of ``field`` (on ``grid``), resampled onto ``target`` if given."""
-    if target is not None and target != grid:
-        field = resample_field(field, grid, target)
-        grid = target
+def field_to_transform(field: torch.Tensor, grid: Grid) -> sitk.Transform:
+    """A DisplacementFieldTransform of the pullback ``field`` [1, 3, K, J, I] (LPS mm) on ``grid``."""
     return sitk.DisplacementFieldTransform(field_to_image(field, grid))
 
 

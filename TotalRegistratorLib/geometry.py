@@ -129,12 +129,6 @@ class Grid:
         m = self.world_to_index
         return np.asarray(points, float) @ m[:3, :3].T + m[:3, 3]
 
-    def contains(self, points: np.ndarray, margin: float = 0.5) -> np.ndarray:
-        """Whether LPS points lie inside the image domain (voxel edges, ``margin`` voxels beyond centres)."""
-        idx = self.transform_points(points)
-        size = np.asarray(self.size)
-        return np.all((idx >= -margin) & (idx <= size - 1 + margin), axis=-1)
-
     def scaled(self, factor: float) -> Grid:
         """The same physical box sampled ``factor`` times more coarsely (same corner voxel centres)."""
         size = np.maximum(np.round((np.asarray(self.size) - 1) / factor).astype(int) + 1, 2)

@@ -179,11 +179,12 @@ def _step(level: Level, points: torch.Tensor, domain: Grid, sim: Similarity) -> 
 
 
 def optimize(fixed: Prepared, moving: Prepared, settings: OptimizationSettings | None = None,
-             progress: Progress | None = None, initial: tuple[torch.Tensor, Grid] | None = None,
+             progress: Progress | None = None, initial: Callable[[Grid], torch.Tensor] | None = None,
              ) -> tuple[torch.Tensor, np.ndarray | None, dict[str, float]]:
     """Register ``moving`` to ``fixed`` (prepared on working grids of the same device).
 
-    ``initial`` = (field, grid), a pullback field to refine (e.g. the cascade's):
+    ``initial`` gives a pullback field to refine (e.g. the cascade's) on any grid, as
+    [1, 3, K, J, I] mm (:meth:`Result.field_on <TotalRegistratorLib.registration.Result.field_on>`):
     it replaces the centroid initialisation, and the affine stage then corrects
     it globally in moving space (``x -> C(x + initial(x))``) before the
     deformable stage. Returns the pullback field [1, 3, K, J, I] (mm, LPS) on
@@ -211,8 +212,7 @@ def optimize(fixed: Prepared, moving: Prepared, settings: OptimizationSettings |
             return fields.affine_field(affine, grid, device)
     else:
         def initial_points(grid: Grid) -> torch.Tensor:
-            return grid.world_points(device) + fields.resample_field(initial[0].to(device), initial[1],
-                                                                     grid).movedim(1, -1)
+            return grid.world_points(device) + initial(grid).to(device).movedim(1, -1)
 
         affine = _affine_stage(levels, fixed, moving, settings, sim, progress, initial_points)
 

@@ -74,7 +74,7 @@ def run_phantom(args: argparse.Namespace) -> int:
     return 0
 
 
-def _coronal(image: sitk.Image, labels: bool = False) -> np.ndarray:
+def _coronal(image: sitk.Image) -> np.ndarray:
     """Mid-coronal slice, superior up, patient's right on the left of the picture (LPS index order)."""
     oriented = sitk.DICOMOrient(image, "LPS")
     array = sitk.GetArrayViewFromImage(oriented)

@@ -104,6 +104,22 @@ def dice_report(fixed_labels: sitk.Image, moving_labels: sitk.Image, result: Res
     return scores, warped
 
 
+def register_images(fixed: sitk.Image, moving: sitk.Image, settings: OptimizationSettings,
+                    cascade: Cascade | None = None, refine: bool = True, progress: Progress | None = None,
+                    names: tuple[str, str] = ("fixed", "moving")) -> tuple[Result, dict[str, float]]:
+    """``cascade`` (if given) then instance optimisation from its result (if ``refine``; alone without a
+    cascade). Returns the result and seconds per stage (``refine_`` before the refinement's after a cascade).
+    """
+    result, timings = None, {}
+    if cascade is not None:
+        result = run_cascade(fixed, moving, cascade, resolve_device(settings.device), names, progress)
+        timings.update(result.timings)
+    if refine or result is None:
+        result = register(fixed, moving, settings, progress, names, initial=result)
+        timings.update({("refine_" if cascade else "") + key: value for key, value in result.timings.items()})
+    return result, timings
+
+
 def run_register(fixed_path: Path, moving_path: Path, output: Path, settings: OptimizationSettings,
                  export_spacing: float | None = None, fixed_labels: Path | None = None,
                  moving_labels: Path | None = None, progress: Progress | None = None,
@@ -127,16 +143,9 @@ def run_register(fixed_path: Path, moving_path: Path, output: Path, settings: Op
         _check_grid(label_maps[1], moving, moving_labels, "the moving image")
     names = (str(fixed_path), str(moving_path))
     cascade = load_cascade(weights, blocks) if blocks else None
-    device = resolve_device(settings.device)
     timings = {"read": time.perf_counter() - start}
-
-    result = None
-    if cascade is not None:
-        result = run_cascade(fixed, moving, cascade, device, names, progress)
-        timings.update(result.timings)
-    if refine or result is None:
-        result = register(fixed, moving, settings, progress, names, initial=result)
-        timings.update({("refine_" if cascade else "") + key: value for key, value in result.timings.items()})
+    result, stage_times = register_images(fixed, moving, settings, cascade, refine, progress, names)
+    timings.update(stage_times)
 
     start = time.perf_counter()
     affine_only = tuple(blocks) == ("affine",) and not refine
@@ -148,7 +157,8 @@ def run_register(fixed_path: Path, moving_path: Path, output: Path, settings: Op
     report = {
         "fixed": str(fixed_path), "moving": str(moving_path), "settings": settings.as_dict(),
         "blocks": list(blocks), "weights": str(weights or DEFAULT_WEIGHTS) if blocks else None, "refine": refine,
-        "export_spacing_mm": export_spacing, "device": str(device), "threads": torch.get_num_threads(),
+        "export_spacing_mm": export_spacing, "device": str(resolve_device(settings.device)),
+        "threads": torch.get_num_threads(),
         "versions": versions(), "working_grid": {"size": result.grid.size, "spacing_mm": result.grid.spacing},
         "affine_matrix": None if result.affine is None else result.affine.tolist(),
         "similarity_local_ncc": image_similarity(fixed, {"before": before, "after": warped}, result.grid),

@@ -25,7 +25,8 @@ BODY_THRESHOLD_HU = -500.0
 
 def body_mask(image: sitk.Image, threshold: float = BODY_THRESHOLD_HU, name: str = "image") -> np.ndarray:
     """Boolean body mask [K, J, I]: voxels above ``threshold`` HU, opened to detach the table,
-    largest connected component, holes filled slice by slice (so lungs count as body).
+    largest connected component, holes filled in axial slices (so lungs count as body; the slices
+    are those of the voxel axis closest to the patient's z, whatever order the scan stores them in).
     """
     values = sitk.GetArrayViewFromImage(image)
     mask = values > threshold
@@ -38,12 +39,22 @@ def body_mask(image: sitk.Image, threshold: float = BODY_THRESHOLD_HU, name: str
     labels, count = ndimage.label(mask)
     if count > 1:
         mask = labels == (np.argmax(np.bincount(labels.ravel())[1:]) + 1)
-    in_plane = np.zeros((3, 3, 3), bool)
-    in_plane[1] = ndimage.generate_binary_structure(2, 1)
-    mask = ndimage.binary_fill_holes(mask, structure=in_plane)
+    axial = np.zeros((3, 3, 3), bool)
+    axial[_slab(_axial_array_axis(image), 1)] = ndimage.generate_binary_structure(2, 1)
+    mask = ndimage.binary_fill_holes(mask, structure=axial)
     if mask.sum() * np.prod(image.GetSpacing()) < 1000.0:
         raise InputError(f"{name}: no body found (largest object above {threshold:g} HU is under 1 cm^3)")
     return mask
+
+
+def _axial_array_axis(image: sitk.Image) -> int:
+    """The numpy axis ([K, J, I] order) whose voxel direction is closest to the patient's z (LPS)."""
+    direction = np.reshape(image.GetDirection(), (3, 3))  # columns: the i, j, k axes in LPS
+    return 2 - int(np.argmax(np.abs(direction[2])))
+
+
+def _slab(axis: int, index: int) -> tuple:
+    return tuple(index if a == axis else slice(None) for a in range(3))
 
 
 def mask_to_image(mask: np.ndarray, reference: sitk.Image) -> sitk.Image:
@@ -112,7 +123,7 @@ def prepare(image: sitk.Image, grid_for, name: str = "image", device="cpu", mask
     on_grid = sitk.GetArrayFromImage(resample(cropped, grid))
     mask_on_grid = sitk.GetArrayFromImage(resample(mask_to_image(mask, image), grid, labels=True, default=0))
     domain = Grid.from_image(image)
-    # centroid from the resampled mask, so a scan stored in another orientation gives bit-identical input
+    # centroid from the resampled mask, so a scan stored in another orientation gives the same input
     centroid = grid.transform_indices(np.argwhere(mask_on_grid)[:, ::-1].mean(axis=0))
     return Prepared(_as_tensor(normalize_intensity(on_grid), device), grid, _as_tensor(mask_on_grid, device),
                     centroid, domain)

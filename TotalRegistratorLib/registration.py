@@ -106,8 +106,8 @@ def register(fixed: sitk.Image, moving: sitk.Image, settings: OptimizationSettin
     prepared_fixed = preprocess.prepare(fixed, grid_for, names[0], device, fixed_mask)
     prepared_moving = preprocess.prepare(moving, grid_for, names[1], device, moving_mask)
     timings = {"preprocess": time.perf_counter() - start}
-    start_field = None if initial is None else (initial.field, initial.grid)
-    field_on_grid, affine, stage_times = optimize(prepared_fixed, prepared_moving, settings, progress, start_field)
+    field_on_grid, affine, stage_times = optimize(prepared_fixed, prepared_moving, settings, progress,
+                                                  None if initial is None else initial.field_on)
     timings.update(stage_times)
     if initial is not None:
         affine = None if initial.affine is None else affine @ initial.affine

@@ -126,8 +126,9 @@ def phantom_pairs(folder: str | os.PathLike, count: int, seed: int = 0, spacing:
                   progress: bool = True) -> list[PairRecord]:
     """``count`` simulated pairs (intra-patient, multiphase and inter-patient in turn) in ``folder``.
 
-    Pairs already written (a ``.done`` marker beside them) are reused, so an
-    interrupted generation continues. Writes ``folder/pairs.csv`` too.
+    Pairs already written (a ``.done`` marker beside them recording kind, seed and spacing) are
+    reused when those match, so an interrupted generation continues; pairs made with other settings
+    are made again. Writes ``folder/pairs.csv`` too.
     """
     from .pairs import KINDS, make_pair
     from .phantom_cli import pair_seed
@@ -139,10 +140,12 @@ def phantom_pairs(folder: str | os.PathLike, count: int, seed: int = 0, spacing:
         stem = f"pair{i:04d}"
         names = [folder / f"{stem}_{key}.nii.gz" for key in ("fixed", "moving", "fixed_labels", "moving_labels")]
         marker = folder / f"{stem}.done"
-        if not marker.is_file():
-            make_pair(KINDS[i % len(KINDS)], pair_seed(seed, i), spacing=spacing).write(folder, stem,
-                                                                                        ground_truth=False)
-            marker.touch()
+        kind = KINDS[i % len(KINDS)]
+        made_with = f"{kind} seed {pair_seed(seed, i)} spacing {spacing:g} mm"
+        if not marker.is_file() or marker.read_text() != made_with:
+            marker.unlink(missing_ok=True)
+            make_pair(kind, pair_seed(seed, i), spacing=spacing).write(folder, stem, ground_truth=False)
+            marker.write_text(made_with)
         records.append(PairRecord(*names))
     write_pairs_csv(folder / "pairs.csv", records)
     return records

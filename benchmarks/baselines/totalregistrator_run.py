@@ -15,7 +15,7 @@ import protocol
 
 
 def options(parser) -> None:
-    parser.add_argument("--blocks", help="comma-separated cascade blocks; none: instance optimisation only")
+    parser.add_argument("--blocks", help="comma-separated cascade blocks (default: none, instance optimisation alone)")
     parser.add_argument("--refine", action="store_true", help="instance optimisation after the cascade")
     parser.add_argument("--weights", type=Path, help="folder with <block>.pt files (default: the shipped ones)")
     parser.add_argument("--device", default="cpu")
@@ -29,28 +29,18 @@ def main() -> None:
     from TotalRegistratorLib import io, pipeline
     from TotalRegistratorLib.export import displacement_image
     from TotalRegistratorLib.optimize import OptimizationSettings
-    from TotalRegistratorLib.registration import register
 
     torch.set_num_threads(args.threads)
     fixed, moving = io.read_image(args.fixed), io.read_image(args.moving)
     settings = OptimizationSettings(seed=args.seed, device=args.device)
-    cascade = None
-    if args.blocks:
-        from TotalRegistratorLib.cascade import run_cascade
-
-        cascade = pipeline.load_cascade(args.weights, tuple(args.blocks.split(",")))
+    cascade = pipeline.load_cascade(args.weights, tuple(args.blocks.split(","))) if args.blocks else None
     start = time.perf_counter()
-    if cascade is None:
-        result = register(fixed, moving, settings)
-    else:
-        result = run_cascade(fixed, moving, cascade, args.device)
-        if args.refine:
-            result = register(fixed, moving, settings, initial=result)
+    result, stages = pipeline.register_images(fixed, moving, settings, cascade, refine=args.refine or cascade is None)
     if args.device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     io.write_image(displacement_image(result.transform()), args.out / protocol.FIELD, compress=False)
-    details = {"stages_s": result.timings}
+    details = {"stages_s": stages}
     if args.device == "cuda":
         details["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     protocol.finish(args, seconds, pipeline.versions(), **details)
