@@ -99,4 +99,7 @@ def test_harness_with_the_cascade_and_refinement(spec, tmp_path):
     """The shipped cascade alone and refined by instance optimisation (skipped without shipped weights)."""
     rows = _run(spec, [compare.METHODS[key] for key in ("unregistered", "cascade", "cascade+io")], tmp_path)
     _check_recovers_shift(rows["cascade+io"], rows["unregistered"])
-    assert rows["cascade"]["status"] == "ok" and rows["cascade"]["folding_percent"] < 1.0
+    cascade, before = rows["cascade"], rows["unregistered"]
+    assert cascade["status"] == "ok" and cascade["folding_percent"] < 1.0
+    # the shipped cascade alone takes most of the 16 mm shift (4.4 mm left when measured)
+    assert cascade["error_mean_mm"] < 0.5 * before["error_mean_mm"] and cascade["dice_mean"] > before["dice_mean"] + 0.1
