@@ -131,6 +131,14 @@ def test_cmake_lists_every_file_the_module_imports():
     assert "add_subdirectory(TotalRegistrator)" in (ROOT / "CMakeLists.txt").read_text()
 
 
+def test_extension_icon_and_screenshot_urls_point_at_files_of_this_repository():
+    text = (ROOT / "CMakeLists.txt").read_text()
+    urls = re.findall(r"https://raw\.githubusercontent\.com/[^/\s]+/[^/\s]+/main/([^\s\"]+)", text)
+    assert len(urls) >= 2, "icon and at least one screenshot"
+    missing = [path for path in urls if not (ROOT / path).is_file()]
+    assert not missing, missing
+
+
 def test_logic_constants_match_the_library_and_the_pins():
     from TotalRegistratorLib import cascade, pipeline
     from TotalRegistratorLib.optimize import OptimizationSettings
