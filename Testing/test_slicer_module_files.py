@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import re
 import sys
 import time
@@ -210,3 +211,33 @@ def test_process_runner_cancel_kills_the_child():
     runner.cancel()
     assert runner.process.poll() is not None and time.monotonic() - start < 10
     runner.cancel()  # idempotent
+
+
+def _ended(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    status = Path(f"/proc/{pid}/status")
+    return status.is_file() and "State:\tZ" in status.read_text()  # killed, not yet reaped
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX process groups")
+def test_process_runner_cancel_kills_what_a_launcher_started():
+    """Like Slicer's PythonSlicer: the launcher runs the interpreter as its own child, sharing the pipes."""
+    launcher = ("import subprocess, sys\n"
+                "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+                "print(child.pid, flush=True)\nchild.wait()")
+    runner = ProcessRunner()
+    runner.start([sys.executable, "-c", launcher])
+    lines, deadline = [], time.monotonic() + 30
+    while not lines and time.monotonic() < deadline:
+        lines = [line for stream, line in runner.poll()[1] if stream == "stdout"]
+        time.sleep(0.02)
+    child = int(lines[0])
+    start = time.monotonic()
+    runner.cancel()
+    assert time.monotonic() - start < 10, "cancel waited for the launcher's child"
+    while not _ended(child) and time.monotonic() - start < 10:
+        time.sleep(0.05)
+    assert _ended(child), "the launcher's child survived cancel"

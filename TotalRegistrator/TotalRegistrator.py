@@ -69,8 +69,11 @@ def registerSampleData():
     """A phantom CT pair in the Sample Data module, simulated on demand (no download)."""
     import SampleData
 
+    # The source needs one uri and file name to be valid; neither is ever used: the custom downloader
+    # simulates the pair on this machine.
     SampleData.SampleDataLogic.registerCustomSampleDataSource(
         category="TotalRegistrator", sampleName="TotalRegistratorPhantomPair",
+        uris="https://example.invalid/TotalRegistratorPhantomPair", fileNames="TotalRegistratorPhantomPair.nrrd",
         thumbnailFileName=str(Path(__file__).parent / "Resources" / "Icons" / "TotalRegistrator.png"),
         customDownloader=loadPhantomSample)
 
@@ -78,8 +81,9 @@ def registerSampleData():
 def loadPhantomSample(source=None, seed: int = 0) -> dict:
     """Simulate the demo phantom pair (4 mm) in a child process and load it; returns the new nodes."""
     logic = TotalRegistratorLogic()
-    if not logic.ensureDependencies():
-        return {}
+    with slicer.util.tryWithErrorDisplay("Could not install what the phantom needs."):
+        if not logic.ensureDependencies():
+            return {}
     folder = Path(tempfile.mkdtemp(prefix="TotalRegistratorPhantom-"))
     with slicer.util.tryWithErrorDisplay("Could not make the phantom pair.", waitCursor=True):
         slicer.util.showStatusMessage("Simulating the TotalRegistrator phantom pair...")
@@ -87,8 +91,7 @@ def loadPhantomSample(source=None, seed: int = 0) -> dict:
         nodes = logic.loadSamplePair(slicer.mrmlScene, paths)
         slicer.util.setSliceViewerLayers(background=nodes["fixed"], foreground=nodes["moving"],
                                          foregroundOpacity=0.5, fit=True)
-        return nodes
-    return {}
+    return nodes
 
 
 @parameterNodeWrapper
@@ -122,6 +125,7 @@ class TotalRegistratorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self.job = None
+        self.jobParameterNode = None  # the parameter node the running job reports to (kept when the module is left)
         self.timer = qt.QTimer()
         self.timer.setInterval(200)
         self.timer.connect("timeout()", self.onTimer)
@@ -177,8 +181,9 @@ class TotalRegistratorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self):
         self.setParameterNode(self.logic.getParameterNode())
         p = self._parameterNode
-        if not p.fixedVolume:
-            p.fixedVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        if not p.fixedVolume:  # the first plain scalar volume (not a label map or vector volume: not offered)
+            volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+            p.fixedVolume = next((v for v in volumes if v.GetClassName() == "vtkMRMLScalarVolumeNode"), None)
         available = core.available_blocks()
         for block in core.BLOCKS:  # saved scenes may ask for blocks this installation lacks
             if block not in available:
@@ -272,20 +277,25 @@ class TotalRegistratorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = "Cancelled; the scene is unchanged."
             return
         p = self._parameterNode
-        with slicer.util.tryWithErrorDisplay("Could not start the registration.", waitCursor=True):
-            if not self.logic.ensureDependencies():
-                return
-            self.job = self.logic.start(
-                p.fixedVolume, p.movingVolume, blocks=self.chosenBlocks(), refine=p.refine,
-                iterations=(p.coarseIterations, p.fineIterations), device=DEVICE_CHOICES[p.device],
-                outputTransform=p.outputTransform, warpedVolume=p.warpedVolume,
-                subtractionBefore=p.subtractionBeforeVolume, subtractionAfter=p.subtractionAfterVolume,
-                progress=self.onProgress)
-            self.ui.statusLabel.text = "Starting..."
-            self.ui.progressBar.setRange(0, 0)
-            self.ui.progressBar.show()
-            self.timer.start()
-        self.updateButtons()
+        try:  # the error displays show the message, then re-raise
+            with slicer.util.tryWithErrorDisplay("Could not install what the registration needs."):
+                core.check_python()
+                if not self.logic.ensureDependencies():  # asks first: no wait cursor over the question
+                    return
+            with slicer.util.tryWithErrorDisplay("Could not start the registration.", waitCursor=True):
+                self.job = self.logic.start(
+                    p.fixedVolume, p.movingVolume, blocks=self.chosenBlocks(), refine=p.refine,
+                    iterations=(p.coarseIterations, p.fineIterations), device=DEVICE_CHOICES[p.device],
+                    outputTransform=p.outputTransform, warpedVolume=p.warpedVolume,
+                    subtractionBefore=p.subtractionBeforeVolume, subtractionAfter=p.subtractionAfterVolume,
+                    progress=self.onProgress)
+                self.jobParameterNode = p
+                self.ui.statusLabel.text = "Starting..."
+                self.ui.progressBar.setRange(0, 0)
+                self.ui.progressBar.show()
+                self.timer.start()
+        finally:
+            self.updateButtons()
 
     def onProgress(self, progress):
         self.ui.progressBar.setRange(0, max(progress.total, 1))
@@ -293,24 +303,22 @@ class TotalRegistratorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = f"{progress.stage}: {progress.done} / {progress.total}"
 
     def onTimer(self):
+        p = self.jobParameterNode  # also when the panel was left meanwhile (its own parameter node is then None)
         try:
             outputs = self.job.poll()
+            if outputs is None:
+                return
+            with slicer.util.NodeModify(p):
+                p.outputTransform = outputs.transform
+                if outputs.warped:
+                    p.warpedVolume = outputs.warped
+            self.ui.statusLabel.text = f"Done: {outputs.transform.GetName()}."
+            slicer.util.setSliceViewerLayers(background=p.fixedVolume, foreground=outputs.warped or p.movingVolume,
+                                             foregroundOpacity=0.5)
         except Exception as error:  # the process's one-line error, or failing to load its results
             logging.error(f"TotalRegistrator: {error}")
             self.ui.statusLabel.text = f"Failed: {error}"
-            self.endJob()
-            return
-        if outputs is None:
-            return
-        p = self._parameterNode
-        with slicer.util.NodeModify(p):
-            p.outputTransform = outputs.transform
-            if outputs.warped:
-                p.warpedVolume = outputs.warped
-        self.ui.statusLabel.text = f"Done: {outputs.transform.GetName()}."
         self.endJob()
-        slicer.util.setSliceViewerLayers(background=p.fixedVolume, foreground=outputs.warped or p.movingVolume,
-                                         foregroundOpacity=0.5)
 
     def cancelJob(self):
         if self.job is not None:
@@ -319,7 +327,7 @@ class TotalRegistratorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def endJob(self):
         self.timer.stop()
-        self.job = None
+        self.job = self.jobParameterNode = None
         self.ui.progressBar.hide()
         self.updateButtons()
 

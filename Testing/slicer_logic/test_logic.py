@@ -288,3 +288,9 @@ def _field_file(folder):
     field = sitk.Image((4, 4, 4), sitk.sitkVectorFloat64, 3)
     io.write_transform(sitk.DisplacementFieldTransform(field), folder / "zero.h5")
     return folder / "zero.h5"
+
+
+def test_an_old_slicer_python_is_refused_with_the_reason():
+    L.check_python((3, 10, 0))
+    with pytest.raises(L.RegistrationError, match=r"needs Python 3\.10 or later; this Slicer has Python 3\.9\.10"):
+        L.check_python((3, 9, 10))

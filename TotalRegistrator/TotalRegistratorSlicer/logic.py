@@ -49,6 +49,7 @@ DEFAULT_ITERATIONS = (100, 30)  # the library's OptimizationSettings().deformabl
 # import name -> version pinned in constraints.txt
 REQUIREMENTS = {"nibabel": "5.4.2", "scipy": "1.17.1", "matplotlib": "3.11.2", "tqdm": "4.70.1"}
 MINIMUM_TORCH = "2.4"
+MINIMUM_PYTHON = (3, 10)  # the library's requires-python (pyproject.toml); Slicer 5.8 and earlier bundle 3.9
 FIXED_REFERENCE = "TotalRegistratorFixed"
 MOVING_REFERENCE = "TotalRegistratorMoving"
 
@@ -306,6 +307,14 @@ def place_beside(scene, reference, nodes: Sequence) -> None:
             hierarchy.CreateItem(parent, node)
 
 
+def check_python(version: Sequence[int] = sys.version_info) -> None:
+    """Raise :class:`RegistrationError` when Slicer's Python is older than the library needs."""
+    if tuple(version[:2]) < MINIMUM_PYTHON:
+        raise RegistrationError(
+            f"TotalRegistrator needs Python {'.'.join(map(str, MINIMUM_PYTHON))} or later; this Slicer has Python "
+            f"{'.'.join(map(str, version[:3]))}. Use a newer Slicer (5.8 and earlier bundle Python 3.9).")
+
+
 class RegistrationLogic:
     """Register two volume nodes with the TotalRegistrator command line; usable without any GUI.
 
@@ -376,6 +385,7 @@ class RegistrationLogic:
 
     @staticmethod
     def _check(fixed, moving, blocks, refine, device, transform, volumes) -> None:
+        check_python()
         for role, node in (("fixed", fixed), ("moving", moving)):
             if node is None or not node.IsA("vtkMRMLScalarVolumeNode") or node.GetImageData() is None:
                 raise RegistrationError(f"choose a {role} volume with voxels")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -37,7 +38,12 @@ def parse_progress(line: str) -> Progress | None:
 
 
 class ProcessRunner:
-    """Runs one command in a child process; stdout and stderr lines are read by two threads."""
+    """Runs one command in a child process; stdout and stderr lines are read by two threads.
+
+    The child leads a process group of its own (a new session; a new process group on Windows), and
+    cancel kills the whole group: Slicer's ``PythonSlicer`` is a launcher whose interpreter is a child
+    of its own, holding the same pipes.
+    """
 
     def __init__(self):
         self.process: subprocess.Popen | None = None
@@ -46,9 +52,11 @@ class ProcessRunner:
 
     def start(self, command: list[str], env: dict[str, str] | None = None) -> None:
         """Start ``command`` (a list of arguments, no shell)."""
-        flags = subprocess.CREATE_NO_WINDOW if sys.platform == "win32" else 0
+        windows = sys.platform == "win32"
+        flags = subprocess.CREATE_NO_WINDOW | subprocess.CREATE_NEW_PROCESS_GROUP if windows else 0
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                        encoding="utf-8", errors="replace", env=env, creationflags=flags)
+                                        encoding="utf-8", errors="replace", env=env, creationflags=flags,
+                                        start_new_session=not windows)
         self._readers = [threading.Thread(target=self._read, args=(name, stream), daemon=True)
                          for name, stream in (("stdout", self.process.stdout), ("stderr", self.process.stderr))]
         for reader in self._readers:
@@ -66,8 +74,7 @@ class ProcessRunner:
         """
         code = self.process.poll()
         if code is not None:
-            for reader in self._readers:
-                reader.join()
+            self._join_readers()
         lines = []
         while True:
             try:
@@ -77,13 +84,25 @@ class ProcessRunner:
         return code, lines
 
     def cancel(self) -> None:
-        """Kill the process (if still running) and wait for it to end."""
+        """Kill the process and its descendants (if still running) and wait for it to end."""
         if self.process is None or self.process.poll() is not None:
             return
+        if sys.platform == "win32":
+            subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.process.pid)], capture_output=True,
+                           creationflags=subprocess.CREATE_NO_WINDOW)
+        else:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.process.kill()
         self.process.wait()
+        self._join_readers()
+
+    def _join_readers(self, timeout: float = 10.0) -> None:
+        """Wait (at most ``timeout`` s each, never forever: the GUI thread calls this) for the readers."""
         for reader in self._readers:
-            reader.join()
+            reader.join(timeout)
 
 
 def child_environment(library_parent: str) -> dict[str, str]:
