@@ -146,7 +146,9 @@ class TotalRegistratorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 box.toolTip = f"No shipped weights for the {block} block (Resources/weights/{block}.pt)."
             box.connect("toggled(bool)", self.onBlocksChanged)
         self.ui.refineCheckBox.connect("toggled(bool)", self.onBlocksChanged)
-        self.ui.presetComboBox.addItems([*core.PRESETS, CUSTOM_PRESET])
+        # only the presets this installation can run (all their blocks' weights present)
+        self.ui.presetComboBox.addItems([*(name for name, (blocks, _) in core.PRESETS.items()
+                                           if set(blocks) <= set(available)), CUSTOM_PRESET])
         self.ui.presetComboBox.connect("currentTextChanged(QString)", self.onPresetChanged)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -230,11 +232,10 @@ class TotalRegistratorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onPresetChanged(self, name: str):
         if name not in core.PRESETS or not self._parameterNode:
             return
-        available = core.available_blocks()
         blocks, refine = core.PRESETS[name]
         with slicer.util.NodeModify(self._parameterNode):
             for block in core.BLOCKS:
-                setattr(self._parameterNode, block, block in blocks and block in available)
+                setattr(self._parameterNode, block, block in blocks)
             self._parameterNode.refine = refine
 
     def onBlocksChanged(self, _checked=None):
