@@ -11,7 +11,7 @@ expanded to masks on access. Items are dicts of tensors:
 [S, K, J, I] uint8 in the order of ``structures``, ``fixed_index_to_world``/
 ``moving_index_to_world`` [4, 4] float64 (each scan's network grid: voxel index
 (i, j, k) -> LPS mm; :func:`network_grids` turns them back into grids), and
-``swapped`` (the paper's random fixed <-> moving swap, reproducible from ``seed``
+``swapped`` (a random fixed <-> moving swap, an augmentation of ours, reproducible from ``seed``
 and the epoch).
 """
 
