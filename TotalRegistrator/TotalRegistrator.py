@@ -280,7 +280,6 @@ class TotalRegistratorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         try:  # the error displays show the message, then re-raise
             with slicer.util.tryWithErrorDisplay("Could not install what the registration needs."):
-                core.check_python()
                 if not self.logic.ensureDependencies():  # asks first: no wait cursor over the question
                     return
             with slicer.util.tryWithErrorDisplay("Could not start the registration.", waitCursor=True):
@@ -360,7 +359,9 @@ class TotalRegistratorLogic(ScriptedLoadableModuleLogic, core.RegistrationLogic)
         """Install torch (PyTorch Utils) and the pinned packages of :data:`REQUIREMENTS` if missing.
 
         Asks first when ``confirm``; returns False if the user declines. Never runs at start-up.
+        Refuses (RegistrationError) a Slicer whose Python is too old for the library.
         """
+        core.check_python()
         missing = [f"{name}=={version}" for name, version in core.REQUIREMENTS.items()
                    if importlib.util.find_spec(name) is None]
         try:
