@@ -77,6 +77,10 @@ def test_harness_with_instance_optimisation(spec, tmp_path):
     # reused from row.json, not run again (a rerun's seconds would differ)
     assert [(r["method"], r["seconds"], r["dice_mean"]) for r in again] == \
         [(r["method"], r["seconds"], r["dice_mean"]) for r in rows.values()]
+    assert rows["io"]["commit"] == compare.head_commit() and rows["io"]["date"]  # provenance of each row
+    assert compare.provenance([{"commit": "a"}, {"commit": "a"}], "commit") == "a"
+    assert compare.provenance([{"commit": "a"}, {"commit": "b"}, {"commit": "b"}, {}], "commit") == \
+        "a (1 row), b (2 rows), not recorded (1 row)"
     methods = [compare.METHODS[key] for key in rows]
     compare.write_csv(list(rows.values()), tmp_path / "results.csv")
     with open(tmp_path / "results.csv") as handle:

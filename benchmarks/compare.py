@@ -29,6 +29,7 @@ SDlogJ of the field inside the fixed body. Methods run one at a time with ``--th
 from __future__ import annotations
 
 import argparse
+import collections
 import csv
 import datetime
 import json
@@ -275,7 +276,7 @@ def _nanmean(values) -> float:
 
 COLUMNS = ("pair", "group", "kind", "method", "title", "status", "seconds", "process_s", "peak_memory_mb",
            "threads", "dice_mean", *(f"dice_{s}" for s in STRUCTURES), "error_mean_mm", "error_p95_mm", "tre_mm",
-           "folding_percent", "sdlogj", "jacobian_min")
+           "folding_percent", "sdlogj", "jacobian_min", "commit", "date")
 
 
 def finished_row(folder: Path) -> dict | None:
@@ -292,7 +293,8 @@ def run(specs: list[PairSpec], methods: list[Method], out: Path, threads: int, t
     """Every available method on every pair; one row per (pair, method), failures recorded, never fatal.
 
     Each row is also written to ``out/pairs/<pair>/<method>/row.json``; with ``resume`` the successful
-    ones found there are reused (a long suite can run in several sittings; failures run again).
+    ones found there are reused (a long suite can run in several sittings; failures run again). Rows
+    record the commit and date they were measured at.
     """
     rows, out = [], Path(out).resolve()  # the scripts run inside their output folders
     for n, spec in enumerate(specs, 1):
@@ -309,7 +311,7 @@ def run(specs: list[PairSpec], methods: list[Method], out: Path, threads: int, t
                 rows.append(done[method.key])
                 continue
             row = {"pair": spec.name, "group": spec.group, "kind": prepared.pair.kind, "method": method.key,
-                   "title": method.title}
+                   "title": method.title, "commit": head_commit(), "date": datetime.date.today().isoformat()}
             folder = out / "pairs" / spec.name / method.key
             try:
                 report = run_method(method, prepared, folder, threads, timeout)
@@ -452,6 +454,14 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores ({model}), {gpu}, {platform.system()}"
 
 
+def provenance(rows: list[dict], key: str) -> str:
+    """The commits (or dates) the rows were measured at, with counts when there are several."""
+    counts = collections.Counter(r.get(key, "not recorded") for r in rows)
+    if len(counts) == 1:
+        return next(iter(counts))
+    return ", ".join(f"{value} ({n} row{'s' * (n != 1)})" for value, n in sorted(counts.items()))
+
+
 def head_commit() -> str:
     done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
     return done.stdout.strip() or "unknown"
@@ -482,14 +492,13 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{m.title}: {status[m.key]}", file=sys.stderr)
     runnable = [m for m in methods if status[m.key] == "ran"]
     torch.set_num_threads(1)  # the harness only makes pairs and evaluates; methods get --threads
-    commit, started = head_commit(), time.perf_counter()
+    started = time.perf_counter()
     rows = run(suite_pairs(args.suite, args.spacing), runnable, out, args.threads, args.timeout, args.keep_fields,
                args.resume)
-    if head_commit() != commit:  # each method process imports the library afresh
-        commit += f" (HEAD moved to {head_commit()} during the run)"
     minutes = (time.perf_counter() - started) / 60
     context = {"command": " ".join(["python", "benchmarks/compare.py", *(argv or sys.argv[1:])]),
-               "commit": commit, "date": f"{datetime.date.today().isoformat()}, took {minutes:.0f} min",
+               "commit": provenance(rows, "commit"),
+               "date": f"{provenance(rows, 'date')}; this sitting took {minutes:.0f} min",
                "machine": machine(), "threads": args.threads}
     write_csv(rows, out / "results.csv")
     (out / "results.md").write_text(markdown(rows, methods, status, context))
