@@ -255,11 +255,11 @@ def test_numbers_that_must_be_positive(option, value, pair, tmp_path):
 
 @pytest.mark.parametrize("command", ["warp", "evaluate"])
 @pytest.mark.parametrize("name, words", [("out.png", "cannot write this format"), ("folder", "is a folder"),
-                                         ("file/out", "cannot be created in")])
+                                         ("file/out{suffix}", "cannot be created in")])
 def test_bad_output_paths_of_warp_and_evaluate(command, name, words, registered, pair, tmp_path):
     (tmp_path / "folder").mkdir()
     (tmp_path / "file").write_text("x")
-    output = tmp_path / (name + {"warp": ".nii.gz", "evaluate": ".json"}[command] if name == "file/out" else name)
+    output = tmp_path / name.format(suffix={"warp": ".nii.gz", "evaluate": ".json"}[command])
     args = {"warp": ["warp", str(pair["moving"]), str(registered / "transform.h5"), "--reference",
                      str(pair["fixed"])],
             "evaluate": ["evaluate", "--transform", str(registered / "transform.h5")]}[command]
