@@ -300,3 +300,15 @@ def test_unknown_block_and_missing_weights_are_input_errors(pair, tmp_path):
                       "--blocks", "all", "--weights", str(tmp_path)])
     assert result.returncode == 2 and f"{tmp_path}" in result.stderr and "affine.pt" in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_phantom_rerun_leaves_only_the_pairs_it_lists(tmp_path):
+    out = tmp_path / "pairs"
+    assert main(["phantom", "-o", str(out), "--pairs", "2", "--kind", "intra", "--spacing", "8"]) == 0
+    assert (out / "pair001_transform.h5").exists()
+    assert main(["phantom", "-o", str(out), "--pairs", "1", "--kind", "inter", "--spacing", "8"]) == 0
+    listed = (out / "pairs.csv").read_text()
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["gallery.png", "pair000_fixed.nii.gz", "pair000_fixed_labels.nii.gz", "pair000_moving.nii.gz",
+                     "pair000_moving_labels.nii.gz", "pairs.csv"]  # no intra transform, no second pair
+    assert all(name in listed for name in files if name.startswith("pair0"))

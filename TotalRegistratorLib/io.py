@@ -171,9 +171,9 @@ class OutputFolder:
     """Collects outputs in a hidden staging folder, moving them into place only on :meth:`commit`.
 
     Use as a context manager: if the block raises, the staging folder (and any parent folder
-    made for it) is removed and the output folder is left as it was. On success, files named in
-    ``replaces`` that this run did not write are removed, so no output of an earlier run into the
-    same folder survives beside the new ones.
+    made for it) is removed and the output folder is left as it was. On success, files matching
+    the glob patterns in ``replaces`` (plain names are patterns too) that this run did not write
+    are removed, so no output of an earlier run into the same folder survives beside the new ones.
     """
 
     def __init__(self, path: str | os.PathLike, replaces: tuple[str, ...] = ()):
@@ -189,8 +189,11 @@ class OutputFolder:
     def commit(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         staged = sorted(self.staging.iterdir())
-        for name in set(self.replaces) - {item.name for item in staged}:
-            (self.path / name).unlink(missing_ok=True)
+        written = {item.name for item in staged}
+        for pattern in self.replaces:
+            for old in self.path.glob(pattern):
+                if old.name not in written and old.is_file():
+                    old.unlink()
         for item in staged:
             os.replace(item, self.path / item.name)
 

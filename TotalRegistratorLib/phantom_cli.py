@@ -5,7 +5,8 @@ Output folder (written atomically: nothing appears unless every pair succeeds):
 (structure ids of :data:`TotalRegistratorLib.labels.LABELS`), for intra-patient
 and multiphase pairs ``pairNNN_transform.h5`` (ITK DisplacementFieldTransform,
 pullback: fixed point -> moving point, LPS mm) and ``pairNNN_displacement.nii.gz``,
-plus ``pairs.csv`` and ``gallery.png``.
+plus ``pairs.csv`` and ``gallery.png``. Pair files of an earlier run into the same folder are
+removed, so the folder holds exactly the pairs that ``pairs.csv`` lists.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .labels import write_pairs_csv
 from .pairs import KINDS, Pair, make_pair
 
 GALLERY_ROWS = 12
+PHANTOM_OUTPUTS = ("pair[0-9][0-9][0-9]_*", "pairs.csv", "gallery.png")
 
 
 def _spacing(text: str) -> tuple[float, float, float]:
@@ -61,7 +63,7 @@ def run_phantom(args: argparse.Namespace) -> int:
     if args.pairs < 1:
         raise InputError(f"--pairs must be at least 1, got {args.pairs}")
     rows = []
-    with OutputFolder(args.output) as out:
+    with OutputFolder(args.output, replaces=PHANTOM_OUTPUTS) as out:
         records = []
         for i in tqdm(range(args.pairs), desc=f"{args.kind} pairs", unit="pair"):
             pair = make_pair(args.kind, pair_seed(args.seed, i), spacing=args.spacing)
