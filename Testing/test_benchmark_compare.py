@@ -89,6 +89,8 @@ def test_harness_with_instance_optimisation(spec, tmp_path):
     text = compare.markdown(list(rows.values()), [*methods, compare.METHODS["cascade"]], status,
                             {"command": "test", "commit": "x", "date": "today", "machine": "m", "threads": 1})
     assert "pending: no weights" in text and "| lung |" in text and "ratio to Elastix" in text
+    io_line = next(line for line in text.splitlines() if line.startswith("| phantom translation | Instance"))
+    assert io_line.endswith(f"| {rows['io']['seconds']:.1f} |")  # each group's registration time
     compare.boxplot(list(rows.values()), methods, tmp_path / "box.png")
     assert (tmp_path / "box.png").stat().st_size > 0
 

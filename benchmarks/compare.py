@@ -381,14 +381,16 @@ def markdown(rows: list[dict], methods: list[Method], status: dict[str, str], co
         lines += _table(["structure", *(m.title for m in ran)], body)
     lines += ["", "### Accuracy and regularity per pair group (mean ± std over pairs)", "",
               "Error: displacement error (mm) against the ground truth inside the fixed body; TRE: at the "
-              "fixed structures' centroids (mm); folding: % of body voxels with det J <= 0. Inter-patient pairs "
-              "have no ground truth.", ""]
+              "fixed structures' centroids (mm); folding: % of body voxels with det J <= 0; registration: seconds "
+              "of the method's call (pair groups differ in image size). Inter-patient pairs have no ground truth.",
+              ""]
     body = [[group, m.title, _cell(_values(by.get((group, m.key), []), "dice_mean"), 100),
              *(_cell(_values(by.get((group, m.key), []), key), 1, d) for key, d in
-               (("error_mean_mm", 2), ("error_p95_mm", 2), ("tre_mm", 2), ("folding_percent", 3), ("sdlogj", 3)))]
+               (("error_mean_mm", 2), ("error_p95_mm", 2), ("tre_mm", 2), ("folding_percent", 3), ("sdlogj", 3),
+                ("seconds", 1)))]
             for group in groups for m in ran]
-    lines += _table(["pairs", "method", "Dice (11) %", "error mm", "error p95 mm", "TRE mm", "folding %", "SDlogJ"],
-                    body)
+    lines += _table(["pairs", "method", "Dice (11) %", "error mm", "error p95 mm", "TRE mm", "folding %", "SDlogJ",
+                     "registration s"], body)
     reference = _values([r for r in rows if r["method"] == "elastix"], "seconds")
     lines += ["", "### Runtime (all pairs, mean ± std)", "",
               "Registration: the method's call with images in memory; process: the whole subprocess (start-up, "
