@@ -175,13 +175,13 @@ def test_block_files_round_trip_and_errors(tmp_path):
     torch.save({"weights": 1}, tmp_path / "other.pt")
     with pytest.raises(InputError, match="other.pt: not a TotalRegistrator block file"):
         load_block(tmp_path / "other.pt")
-    config = block_config("bone", SIZE)
     payload = torch.load(tmp_path / "bone.pt", weights_only=True)
     payload["state_dict"].pop("head.bias")
     torch.save(payload, tmp_path / "broken.pt")
     with pytest.raises(InputError, match="broken.pt: weights do not fit the unet architecture"):
         load_block(tmp_path / "broken.pt", "bone")
-    assert config["block"] == "bone" and set(BLOCKS) >= set(cascade.names)
+    with pytest.raises(ValueError, match="unknown block 'liver'"):
+        block_config("liver", SIZE)
 
 
 def test_run_cascade_untrained_is_the_box_map():

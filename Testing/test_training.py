@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from TotalRegistratorLib.dataset import PairDataset, network_grids
 from TotalRegistratorLib.errors import InputError
 from TotalRegistratorLib.io import read_image
 from TotalRegistratorLib.preprocess import body_grid, body_mask
-from TotalRegistratorLib.training import Trainer, TrainSettings, epoch_order, phantom_pairs
+from TotalRegistratorLib.training import Trainer, TrainSettings, epoch_order, main, phantom_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = (32, 24, 40)
@@ -82,20 +83,40 @@ def test_resume_continues_exactly_and_files_round_trip(data, tmp_path):
     straight.fit(data, data)
     interrupted = Trainer(settings(epochs=1), tmp_path / "resumed")
     interrupted.fit(data, data)
+    log_path = tmp_path / "resumed" / "affine.log.csv"
+    with open(log_path, "a") as handle:  # epoch 2 logged, then a stop before last.pt was written
+        handle.write("2,9,9,9,9,0.5,1\n")
     resumed = Trainer(settings(epochs=2), tmp_path / "resumed")
     assert resumed.resume() and resumed.epoch == 1
+    assert resumed.best == load_block(tmp_path / "resumed" / "affine.pt")[1]["metrics"]["val_dice"]
     resumed.fit(data, data)
     for a, b in zip(straight.network.state_dict().values(), resumed.network.state_dict().values()):
         assert torch.equal(a, b)
-    log = (tmp_path / "resumed" / "affine.log.csv").read_text().splitlines()
-    assert log[0].startswith("epoch,train_loss") and [row.split(",")[0] for row in log[1:]] == ["1", "2"]
+    log = list(csv.DictReader(open(log_path)))
+    assert [row["epoch"] for row in log] == ["1", "2"] and log[1]["train_loss"] != "9"
     network, config = load_block(tmp_path / "resumed" / "affine.pt", "affine", SIZE)
     assert config["grid_size"] == list(SIZE) and config["loss_weights"]["bending"] == 0.0
-    assert {"val_dice", "train_loss"} <= set(config["metrics"]) and config["epochs"] in (1, 2)
+    best_row = max(log, key=lambda row: float(row["val_dice"]))  # the block file holds the best epoch
+    assert config["epochs"] == int(best_row["epoch"]) and config["metrics"]["selected_by"] == "val_dice"
+    assert f"{config['metrics']['val_dice']:.6g}" == best_row["val_dice"]
     assert config["structures"] and config["library_version"] and "lr" in config
     other = Trainer(settings("affine", epochs=2, per_organ=False), tmp_path / "resumed")
     with pytest.raises(InputError, match="per_organ"):
         other.resume()
+
+
+def test_without_a_usable_validation_dice_the_training_loss_selects(data, tmp_path, monkeypatch):
+    """nan validation Dice (no validation scan holds the block's structures) must still write the block file."""
+    trainer = Trainer(settings(epochs=1), tmp_path)
+    monkeypatch.setattr(trainer, "validate", lambda validation: float("nan"))
+    assert trainer.fit(data, data).is_file()
+    metrics = load_block(tmp_path / "affine.pt")[1]["metrics"]
+    assert metrics["selected_by"] == "train_loss" and metrics["selection"] == -metrics["train_loss"]
+    resumed = Trainer(settings(epochs=2), tmp_path)  # now with a usable validation: a new best, on Dice
+    assert resumed.resume() and resumed.selected_by == "train_loss"
+    resumed.fit(data, data)
+    metrics = load_block(tmp_path / "affine.pt")[1]["metrics"]
+    assert metrics["selected_by"] == "val_dice" and metrics["selection"] == metrics["val_dice"] > 0
 
 
 def _run(args, cwd, launcher=(sys.executable,)):
@@ -124,8 +145,34 @@ def test_torchrun_two_processes(pairs, tmp_path):
     csv = str(pairs[0] / "pairs.csv")
     torchrun = Path(sys.executable).with_name("torchrun")
     done = _run(["--block", "affine", "--data", csv, "--val-data", csv, "-o", str(tmp_path / "w"), "--grid-size",
-                 "32,24,40", "--epochs", "1", "--pairs-per-epoch", "2", "--threads", "1", "--quiet"], tmp_path,
+                 "32,24,40", "--epochs", "1", "--pairs-per-epoch", "3", "--threads", "1", "--quiet"], tmp_path,
                 (str(torchrun), "--standalone", "--nproc_per_node=2"))
+    # 3 pairs on 2 processes: rounded up to 2 steps each, so DDP's gradient and the epoch sums pair up
     assert done.returncode == 0, done.stderr[-2000:]
     log = (tmp_path / "w" / "affine.log.csv").read_text().splitlines()
     assert len(log) == 2 and (tmp_path / "w" / "affine.pt").is_file()
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--lr", "-1"], "argument --lr: must be greater than 0, got -1"),
+    (["--threads", "0"], "argument --threads: must be greater than 0, got 0"),
+    (["--phantom-spacing", "0"], "argument --phantom-spacing: must be greater than 0"),
+    (["--val-pairs", "-1"], "argument --val-pairs: must be 0 or more"),
+    (["--dice-weight", "nan"], "argument --dice-weight: must be 0 or more"),
+    (["-o", "{file}"], "{file}: output folder is a file"),
+    (["--cache", "{file}"], "{file}: output folder is a file"),
+    (["--block", "all", "--weights", "{tmp}"], "--weights: --block all trains every block into --output"),
+])
+def test_train_bad_arguments_are_one_line_errors(args, words, tmp_path, capsys):
+    file = tmp_path / "a_file"
+    file.write_text("x")
+    fill = {"file": str(file), "tmp": str(tmp_path)}
+    argv = ["--block", "affine", "--phantom", "2", "-o", str(tmp_path / "w"), "--quiet"]
+    argv += [a.format(**fill) for a in args]
+    try:
+        code = main(argv)
+    except SystemExit as stop:  # argparse's own errors
+        code = stop.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and words.format(**fill) in err[-1]
+    assert not (tmp_path / "w").exists(), "nothing written before the arguments are checked"

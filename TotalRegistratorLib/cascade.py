@@ -118,10 +118,9 @@ class Mapping:
         m = (_matrix(self.moving_grid.world_to_normalized, self.affine) @ self.affine).float()
         return self.points() @ m[:3, :3].T + m[:3, 3]
 
-    def warp(self, image: torch.Tensor, sampling_grid: torch.Tensor | None = None) -> torch.Tensor:
+    def warp(self, image: torch.Tensor) -> torch.Tensor:
         """A [1, C, K, J, I] tensor on the moving network grid, trilinearly resampled onto the fixed one."""
-        grid = self.sampling_grid() if sampling_grid is None else sampling_grid
-        return F.grid_sample(image, grid.to(image.dtype), align_corners=True)
+        return F.grid_sample(image, self.sampling_grid().to(image.dtype), align_corners=True)
 
     def displacement(self) -> torch.Tensor:
         """The library's pullback field ``T(x) - x`` on ``fixed_grid``, [1, 3, K, J, I] float32, mm."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from . import runtime
+from .arguments import positive
 from .errors import InputError
 from .optimize import SIMILARITIES, OptimizationSettings
 from .phantom_cli import add_phantom_command
@@ -58,19 +59,6 @@ def _iterations(text: str) -> tuple[int, ...]:
     return values
 
 
-def _positive(kind: type):
-    """An argparse type: a number of ``kind`` greater than zero."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
-        return value
-    return parse
-
-
 def _blocks(text: str) -> tuple[str, ...]:
     from .cascade import BLOCKS
 
@@ -100,7 +88,7 @@ def _add_register(subparsers) -> None:
     p.add_argument("--no-refine", dest="refine", action="store_false",
                    help="skip the instance-optimisation refinement after the cascade")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--threads", type=_positive(int), default=None,
+    p.add_argument("--threads", type=positive(int), default=None,
                    help="CPU threads for torch (default: torch's choice; use 1 when other work shares the cores)")
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--similarity", choices=SIMILARITIES, default=defaults.similarity,
@@ -110,8 +98,8 @@ def _add_register(subparsers) -> None:
                    help="deformable iterations per level, coarse to fine (default %(default)s); 0,0 = affine only")
     p.add_argument("--affine-iterations", type=_iterations, metavar="N,N", default=defaults.affine_iterations)
     p.add_argument("--smoothness", type=float, default=defaults.smoothness, help="weight of the diffusion term")
-    p.add_argument("--spacing", type=_positive(float), default=defaults.spacing, help="finest working spacing in mm")
-    p.add_argument("--export-spacing", type=_positive(float), default=None,
+    p.add_argument("--spacing", type=positive(float), default=defaults.spacing, help="finest working spacing in mm")
+    p.add_argument("--export-spacing", type=positive(float), default=None,
                    help="write the displacement field on a grid of this spacing (mm) instead of the fixed grid")
     p.add_argument("--fixed-labels", type=Path, help="label map of the fixed image: report Dice before/after")
     p.add_argument("--moving-labels", type=Path, help="label map of the moving image (also warped)")

@@ -6,13 +6,15 @@ affine block's output (independently, in any order or in parallel);
 ``pairs_per_epoch`` random pairs per epoch, the loss of
 :mod:`TotalRegistratorLib.losses` over the block's structures.
 
-Output folder, per block: ``<block>.pt`` (best epoch on the validation Dice;
-the file the cascade loads), ``<block>.last.pt`` (the latest epoch with the
+Output folder, per block: ``<block>.pt`` (best epoch on the validation Dice,
+or on the training loss without validation data or when no validation scan
+holds the block's structures; the file the cascade loads), ``<block>.last.pt`` (the latest epoch with the
 optimiser state: a rerun resumes from it), ``<block>.log.csv`` (one row per
 epoch: losses, validation Dice, seconds).
 
 Data-parallel: under ``torchrun --nproc_per_node=N`` every process takes every
-N-th pair of the epoch, DistributedDataParallel averages the gradients (gloo on
+N-th pair of the epoch (``pairs_per_epoch`` rounded up to a multiple of N, so
+every process takes the same number of steps), DistributedDataParallel averages the gradients (gloo on
 CPU, nccl on GPU), validation is split the same way and summed; rank 0 writes.
 """
 
@@ -33,6 +35,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from . import runtime
+from .arguments import non_negative, positive
 from .cascade import (
     BLOCK_STRUCTURES,
     BLOCKS,
@@ -46,7 +49,7 @@ from .cascade import (
 )
 from .dataset import PairDataset, network_grids
 from .errors import InputError
-from .io import atomic_path
+from .io import atomic_path, check_output_dir
 from .labels import TRAINING_STRUCTURES, PairRecord, read_pairs_csv, write_pairs_csv
 from .losses import LossWeights, backward
 from .preprocess import NETWORK_SIZE
@@ -197,6 +200,7 @@ class Trainer:
         self.channels = [TRAINING_STRUCTURES.index(s) for s in BLOCK_STRUCTURES[settings.block]]
         self.epoch = 0
         self.best = -float("inf")
+        self.selected_by: str | None = None  # "val_dice" or "train_loss"; what self.best measures
 
     @property
     def paths(self) -> dict[str, Path]:
@@ -248,24 +252,47 @@ class Trainer:
             return False
         state = torch.load(path, map_location=self.ctx.device, weights_only=True)
         config = state["config"]
-        for key in ("block", "architecture", "grid_size", "loss_weights", "per_organ"):
+        for key in ("block", "architecture", "grid_size", "loss_weights", "per_organ", "preceding", "training_data"):
             if config.get(key) != self.config.get(key):
                 raise InputError(f"{path}: was trained with {key}={config.get(key)!r}, this run has "
                                  f"{self.config.get(key)!r} (delete it or pass --restart to start over)")
         self.network.load_state_dict(state["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.epoch, self.best = int(state["epoch"]), float(state["best"])
+        self.epoch = int(state["epoch"])
+        # the best block file on disk is the truth (a stop between writing it and last.pt leaves last.pt behind)
+        best = self.paths["best"]
+        saved = torch.load(best, weights_only=True)["config"]["metrics"] if best.is_file() else {}
+        self.best, self.selected_by = float(saved.get("selection", -float("inf"))), saved.get("selected_by")
+        self._trim_log()
         return True
 
+    def _trim_log(self) -> None:
+        """Drop log rows of epochs after the resumed one (logged before a stop, then trained again)."""
+        path = self.paths["log"]
+        if not path.is_file():
+            return
+        with open(path, newline="") as handle:
+            rows = [r for r in csv.DictReader(handle) if int(r["epoch"]) <= self.epoch]
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, LOG_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+
     def _save(self, metrics: dict) -> None:
+        """Write ``last.pt`` and, when ``metrics["selection"]`` beats the best so far, the block file.
+
+        A selection by another measure than the best's (validation data added or removed on resume)
+        starts the best anew: the two are not comparable.
+        """
         config = {**self.config, "epochs": self.epoch, "metrics": metrics}
-        improved = metrics["selection"] > self.best
-        if improved:
+        if metrics["selected_by"] != self.selected_by:
+            self.best, self.selected_by = -float("inf"), metrics["selected_by"]
+        if metrics["selection"] > self.best:
             self.best = metrics["selection"]
             save_block(self.paths["best"], self.network, config)
         with atomic_path(self.paths["last"]) as tmp:
             torch.save({"config": config, "state_dict": self.network.state_dict(),
-                        "optimizer": self.optimizer.state_dict(), "epoch": self.epoch, "best": self.best}, tmp)
+                        "optimizer": self.optimizer.state_dict(), "epoch": self.epoch}, tmp)
 
     def _log(self, row: dict) -> None:
         new = not self.paths["log"].is_file()
@@ -283,7 +310,8 @@ class Trainer:
         while self.epoch < self.s.epochs:
             started = time.perf_counter()
             train.set_epoch(self.epoch)
-            order = epoch_order(len(train), self.s.pairs_per_epoch, self.s.seed, self.epoch)
+            steps = -(-self.s.pairs_per_epoch // self.ctx.world)  # the same on every rank: DDP's collectives pair up
+            order = epoch_order(len(train), steps * self.ctx.world, self.s.seed, self.epoch)
             order = order[self.ctx.rank::self.ctx.world]
             sums = np.zeros(4)
             bar = tqdm(order, desc=f"{self.s.block} epoch {self.epoch + 1}/{self.s.epochs}", unit="pair",
@@ -300,9 +328,10 @@ class Trainer:
             self.epoch += 1
             row = dict(zip(LOG_COLUMNS, [self.epoch, *means, val, time.perf_counter() - started]))
             if self.ctx.main:
-                selection = val if validation is not None else -means[0]
-                self._save({"train_loss": means[0], "val_dice": val, "selection": selection})
+                by_dice = not np.isnan(val)  # nan: no validation data, or none of the block's structures in it
                 self._log(row)
+                self._save({"train_loss": means[0], "val_dice": val, "selection": val if by_dice else -means[0],
+                            "selected_by": "val_dice" if by_dice else "train_loss"})
                 if self.s.progress:
                     tqdm.write(f"{self.s.block} epoch {self.epoch}: loss {means[0]:.4f}, validation Dice {val:.4f}",
                                file=sys.stderr)
@@ -340,27 +369,31 @@ def parser() -> argparse.ArgumentParser:
                    help="block to train; 'all' trains affine, bone, thorax, abdomen, then wholebody")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", type=Path, help="pairs CSV with fixed, moving, fixed_labels, moving_labels")
-    source.add_argument("--phantom", type=int, metavar="N", help="simulate N phantom pairs (cached) and train on them")
+    source.add_argument("--phantom", type=positive(int), metavar="N",
+                        help="simulate N phantom pairs (cached) and train on them")
     p.add_argument("--val-data", type=Path, help="validation pairs CSV (default: the last 10%% of --data)")
-    p.add_argument("--val-pairs", type=int, default=None,
+    p.add_argument("--val-pairs", type=non_negative(int), default=None,
                    help="phantom validation pairs (default: N/10, at least 1)")
     p.add_argument("-o", "--output", type=Path, required=True, help="folder for block files, resume files and logs")
-    p.add_argument("--weights", type=Path, help="folder with the preceding blocks (default: --output)")
+    p.add_argument("--weights", type=Path,
+                   help="folder with the preceding blocks (default: --output; not with --block all, which "
+                        "trains them into --output)")
     p.add_argument("--cache", type=Path, help="cache folder for phantom pairs and tensors (default: OUTPUT/cache)")
-    p.add_argument("--epochs", type=int, default=400)
-    p.add_argument("--pairs-per-epoch", type=int, default=400)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--epochs", type=positive(int), default=400)
+    p.add_argument("--pairs-per-epoch", type=positive(int), default=400,
+                   help="pairs per epoch (default 400; under torchrun rounded up to a multiple of the processes)")
+    p.add_argument("--lr", type=positive(float), default=1e-4)
     p.add_argument("--seed", type=int, default=0)
     defaults = LossWeights()
-    p.add_argument("--similarity-weight", type=float, default=defaults.similarity, help="alpha (MI)")
-    p.add_argument("--dice-weight", type=float, default=defaults.dice, help="lambda (Dice)")
-    p.add_argument("--bending-weight", type=float, default=defaults.bending,
+    p.add_argument("--similarity-weight", type=non_negative(float), default=defaults.similarity, help="alpha (MI)")
+    p.add_argument("--dice-weight", type=non_negative(float), default=defaults.dice, help="lambda (Dice)")
+    p.add_argument("--bending-weight", type=non_negative(float), default=defaults.bending,
                    help="beta (bending energy, mm^-2; ignored for the affine block)")
     p.add_argument("--joint-backward", action="store_true", help="one backward pass for all organs (more memory)")
     p.add_argument("--grid-size", type=_size, default=NETWORK_SIZE, help="network grid x,y,z (default 128,96,160)")
-    p.add_argument("--phantom-spacing", type=float, default=3.0, help="voxel spacing of phantom scans, mm")
+    p.add_argument("--phantom-spacing", type=positive(float), default=3.0, help="voxel spacing of phantom scans, mm")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    p.add_argument("--threads", type=positive(int), default=None, help="torch CPU threads per process")
     p.add_argument("--restart", action="store_true", help="ignore resume files and start from scratch")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -369,8 +402,6 @@ def parser() -> argparse.ArgumentParser:
 def _datasets(args, ctx: Context) -> tuple[PairDataset, PairDataset | None, str]:
     cache = args.cache or args.output / "cache"
     if args.phantom is not None:
-        if args.phantom < 1:
-            raise InputError(f"--phantom must be at least 1, got {args.phantom}")
         n_val = max(1, args.phantom // 10) if args.val_pairs is None else args.val_pairs
         if ctx.main:  # rank 0 simulates; the others wait, then read the same files
             phantom_pairs(cache / "phantom_train", args.phantom, args.seed, args.phantom_spacing, not args.quiet)
@@ -395,13 +426,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``train.py`` entry point; returns the exit code (2 with a one-line message for bad input)."""
     args = parser().parse_args(argv)
     try:
+        if args.block == "all" and args.weights:
+            raise InputError("--weights: --block all trains every block into --output and uses no other weights")
+        check_output_dir(args.output)
+        if args.cache:
+            check_output_dir(args.cache)
         runtime.configure()
         if args.threads:
             torch.set_num_threads(args.threads)
         ctx = start(args.device)
         train, val, description = _datasets(args, ctx)
         blocks = BLOCKS if args.block == "all" else (args.block,)
-        weights = args.output if args.block == "all" else (args.weights or args.output)
+        weights = args.weights or args.output
         for block in blocks:
             settings = TrainSettings(block, args.epochs, args.pairs_per_epoch, args.lr, args.seed,
                                      LossWeights(args.similarity_weight, args.dice_weight, args.bending_weight),
