@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+import SimpleITK as sitk
 import torch
 from single_thread import one_thread  # noqa: F401  (autouse)
 
@@ -59,3 +62,24 @@ def test_needs_labels(pairs_csv, tmp_path):
     (record, *_) = read_pairs_csv(pairs_csv)
     with pytest.raises(InputError, match="no label maps"):
         dataset.PairDataset([type(record)(record.fixed, record.moving)], tmp_path)
+
+
+def test_label_maps_must_share_the_scan_grid(pairs_csv, tmp_path):
+    (record, *_) = read_pairs_csv(pairs_csv)
+    labels = sitk.ReadImage(str(record.fixed_labels))
+    labels.SetOrigin([v + 12.0 for v in labels.GetOrigin()])  # same size, shifted 12 mm: wrong header
+    sitk.WriteImage(labels, str(tmp_path / "shifted.nii.gz"))
+    with pytest.raises(InputError, match="shifted.nii.gz: label map does not share the grid of .*nii.gz"):
+        dataset.preprocess_scan(record.fixed, tmp_path / "shifted.nii.gz")
+
+
+def test_cache_key_follows_the_masks_inside_a_label_folder(pairs_csv, tmp_path):
+    (record, *_) = read_pairs_csv(pairs_csv)
+    folder = tmp_path / "segmentations"
+    folder.mkdir()
+    (folder / "liver.nii.gz").write_bytes(b"first")
+    before = dataset.cache_key(record.fixed, folder, "totalsegmentator")
+    os.utime(folder, ns=(0, 0))
+    (folder / "liver.nii.gz").write_bytes(b"second, longer")  # rewritten in place
+    os.utime(folder, ns=(0, 0))  # the folder's own time does not change
+    assert dataset.cache_key(record.fixed, folder, "totalsegmentator") != before

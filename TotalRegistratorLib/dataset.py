@@ -4,7 +4,7 @@ Each scan is preprocessed exactly as at inference (:func:`TotalRegistratorLib.pr
 on :func:`~TotalRegistratorLib.preprocess.network_grid`: body crop, 128 x 96 x 160
 voxels by default (``size``), HU clipped and scaled to [0, 1]); its label map is resampled (nearest)
 onto the same grid. The cache holds one ``.pt`` file per scan, keyed by a hash
-of the image and label paths, their sizes and modification times, the label
+of the image and label paths, their sizes and modification times (each mask of a label folder), the label
 format and the preprocessing settings; label maps are stored as uint8 and
 expanded to masks on access. Items are dicts of tensors:
 ``fixed``/``moving`` [1, K, J, I] float32, ``fixed_masks``/``moving_masks``
@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 
 from .errors import InputError
 from .geometry import Grid
-from .io import atomic_path, read_image
+from .io import atomic_path, check_same_grid, read_image
 from .labels import LABELS, TRAINING_STRUCTURES, PairRecord, read_structures
 from .preprocess import HU_RANGE, NETWORK_SIZE, body_grid, prepare, resample
 
@@ -39,8 +39,11 @@ CACHE_VERSION = 2
 
 
 def cache_key(image: Path, labels: Path, label_format: str, size: tuple[int, int, int] = NETWORK_SIZE) -> str:
-    """Hash of what a cached scan depends on: files (path, size, mtime) and preprocessing settings."""
+    """Hash of what a cached scan depends on: files (path, size, mtime; for a folder of masks, each
+    file in it) and preprocessing settings."""
     def stamp(path: Path) -> list:
+        if path.is_dir():
+            return [str(path.resolve()), [stamp(item) for item in sorted(path.iterdir())]]
         stat = path.stat()
         return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
 
@@ -54,8 +57,7 @@ def preprocess_scan(image: Path, labels: Path, label_format: str = "structures",
     float32 in [0, 1], ``labels`` [K, J, I] uint8, ``index_to_world`` [4, 4] float64 (index -> LPS mm)."""
     ct = read_image(image)
     structures = read_structures(labels, label_format)
-    if structures.GetSize() != ct.GetSize():
-        raise InputError(f"{labels}: label map size {structures.GetSize()} differs from {image.name}'s {ct.GetSize()}")
+    check_same_grid(structures, ct, labels, str(image))
     prepared = prepare(ct, partial(body_grid, size=size), name=str(image))  # size NETWORK_SIZE: network_grid
     on_grid = sitk.GetArrayFromImage(resample(structures, prepared.grid, labels=True, default=0))
     return {"image": prepared.tensor[0].contiguous(), "labels": torch.as_tensor(on_grid.astype(np.uint8)),

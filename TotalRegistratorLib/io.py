@@ -19,6 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+from .geometry import Grid
 
 
 def _read(path: Path) -> sitk.Image:
@@ -142,6 +143,14 @@ def _check_creatable(path: Path, what: str) -> None:
     existing = next((p for p in path.parents if p.exists()), Path("."))
     if not existing.is_dir() or not os.access(existing, os.W_OK):
         raise InputError(f"{path}: {what} cannot be created in {existing}")
+
+
+def check_same_grid(image: sitk.Image, reference: sitk.Image, path: str | os.PathLike, reference_name: str) -> None:
+    """Raise :class:`InputError` unless ``image`` (a label map read from ``path``) lies on ``reference``'s
+    voxel grid: same size and the same index -> LPS mm map to within 0.001 mm."""
+    if image.GetSize() != reference.GetSize() or not np.allclose(
+            Grid.from_image(image).index_to_world, Grid.from_image(reference).index_to_world, atol=1e-3):
+        raise InputError(f"{path}: label map does not share the grid of {reference_name}")
 
 
 def check_output_dir(path: str | os.PathLike) -> Path:

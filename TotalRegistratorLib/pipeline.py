@@ -83,13 +83,6 @@ def image_similarity(fixed: sitk.Image, others: dict[str, sitk.Image], grid: Gri
     return {name: float(-similarity.local_ncc(target, on_grid(image), radius=2)) for name, image in others.items()}
 
 
-def _check_grid(image: sitk.Image, reference: sitk.Image, path: Path, reference_name: str) -> None:
-    """Raise :class:`InputError` unless ``image`` (read from ``path``) lies on ``reference``'s voxel grid."""
-    if image.GetSize() != reference.GetSize() or not np.allclose(
-            Grid.from_image(image).index_to_world, Grid.from_image(reference).index_to_world, atol=1e-3):
-        raise InputError(f"{path}: label map does not share the grid of {reference_name}")
-
-
 def dice_report(fixed_labels: sitk.Image, moving_labels: sitk.Image, result: Result,
                 transform: sitk.Transform) -> tuple[dict, sitk.Image]:
     """Dice per label before (identity) and after registration, and the warped label map."""
@@ -139,8 +132,8 @@ def run_register(fixed_path: Path, moving_path: Path, output: Path, settings: Op
         raise InputError(f"{fixed_labels or moving_labels}: give both --fixed-labels and --moving-labels")
     if fixed_labels is not None:
         label_maps = (io.read_image(fixed_labels, labels=True), io.read_image(moving_labels, labels=True))
-        _check_grid(label_maps[0], fixed, fixed_labels, "the fixed image")
-        _check_grid(label_maps[1], moving, moving_labels, "the moving image")
+        io.check_same_grid(label_maps[0], fixed, fixed_labels, "the fixed image")
+        io.check_same_grid(label_maps[1], moving, moving_labels, "the moving image")
     names = (str(fixed_path), str(moving_path))
     cascade = load_cascade(weights, blocks) if blocks else None
     timings = {"read": time.perf_counter() - start}
@@ -265,7 +258,7 @@ def run_evaluate(labels: tuple[Path, Path] | None = None, transform_path: Path |
         raise InputError(f"{truth_path}: --truth needs --transform to compare with")
     if labels:
         a, b = (io.read_image(p, labels=True) for p in labels)
-        _check_grid(b, a, labels[1], str(labels[0]))
+        io.check_same_grid(b, a, labels[1], str(labels[0]))
         scores = metrics.dice(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b))
         report["dice"] = scores
         report["dice_mean"] = float(np.nanmean(list(scores.values()))) if scores else float("nan")
