@@ -18,18 +18,21 @@ import torch
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 1 << 30  # bytes: blocks up to 1 GiB come from the heap, not fresh mmap pages
+TRIM_THRESHOLD = 2**31 - 1  # bytes, the largest C int: freed heap memory is kept
 
 
 @functools.cache
-def configure() -> None:
-    """Apply the settings above once per process (idempotent; the allocator part is glibc-only)."""
+def configure() -> bool:
+    """Apply the settings above once per process (idempotent). Returns whether the allocator part
+    took effect (glibc only; elsewhere only the denormal setting applies)."""
     torch.set_flush_denormal(True)
     name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = getattr(libc, "mallopt", None)
+        mallopt = getattr(ctypes.CDLL(name), "mallopt", None) if name else None
     except OSError:
         mallopt = None
-    if mallopt is not None:
-        mallopt(_M_MMAP_THRESHOLD, 1 << 30)
-        mallopt(_M_TRIM_THRESHOLD, 1 << 40)
+    if mallopt is None:
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int  # no silent 32-bit wrap
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) & bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
