@@ -15,6 +15,7 @@ from conftest import torso
 from TotalRegistratorLib import metrics
 from TotalRegistratorLib.cli import main
 from TotalRegistratorLib.geometry import Grid
+from TotalRegistratorLib.optimize import resolve_device
 from TotalRegistratorLib.pipeline import REGISTER_OUTPUTS
 
 GRID = Grid((40, 30, 32), (5.0, 5.0, 5.0), (-100.0, -75.0, -80.0))
@@ -76,7 +77,7 @@ def test_register_writes_every_output(registered, pair):
     for stage in ("read", "preprocess", "affine", "deformable", "export", "write", "total"):
         assert report["timings_s"][stage] >= 0
     assert report["peak_memory_mb"] > 0 and report["versions"]["torch"].startswith("2.13")
-    assert report["device"] == "cpu" and report["weights"] is None  # the device used; no cascade ran
+    assert report["device"] == str(resolve_device("auto")) and report["weights"] is None  # no cascade ran
 
 
 def test_exported_transform_matches_displacement_image(registered):
@@ -246,11 +247,87 @@ def test_cascade_then_refinement_improves_on_the_cascade(pair, untrained_weights
     assert ncc["refined"] > ncc["cascade"] + 0.05, ncc
 
 
-@pytest.mark.parametrize("option, value", [("--export-spacing", "0"), ("--spacing", "-2"), ("--threads", "0")])
-def test_numbers_that_must_be_positive(option, value, pair, tmp_path):
-    result = run_cli(["register", str(pair["fixed"]), str(pair["moving"]), "-o", str(tmp_path / "o"), option, value])
-    assert result.returncode == 2 and f"{option}: must be greater than 0" in result.stderr, result.stderr
+def run_main(args: list[str], capsys) -> tuple[int, list[str]]:
+    """The command in this process: (exit code, stderr lines); argparse's own errors raise SystemExit."""
+    try:
+        code = main(args)
+    except SystemExit as stop:
+        code = stop.code
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.parametrize("option, value, words", [
+    ("--export-spacing", "0", "must be greater than 0"), ("--spacing", "-2", "must be greater than 0"),
+    ("--threads", "0", "must be greater than 0"), ("--spacing", "inf", "must be a finite number"),
+    ("--smoothness", "nan", "must be a finite number"), ("--smoothness", "-1", "must be 0 or more"),
+    ("--seed", "-1", "must be 0 or more")])
+def test_numbers_out_of_range(option, value, words, pair, tmp_path, capsys):
+    code, err = run_main(["register", str(pair["fixed"]), str(pair["moving"]), "-o", str(tmp_path / "o"), option,
+                          value], capsys)
+    assert code == 2 and f"{option}: {words}" in err[-1], err
     assert not (tmp_path / "o").exists()
+
+
+def test_register_refuses_to_overwrite_an_input_in_its_output_folder(pair, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    inside = write(sitk.ReadImage(str(pair["fixed"])), out / "warped.nii.gz")  # the fixed image, named as an output
+    before = inside.read_bytes()
+    code, err = run_main(["register", str(inside), str(pair["moving"]), "-o", str(out), *IO_QUICK], capsys)
+    assert code == 2 and err == [f"totalregistrator: error: {inside}: output would overwrite an input"]
+    assert inside.read_bytes() == before and sorted(p.name for p in out.iterdir()) == ["warped.nii.gz"]
+
+
+def test_output_staging_is_inside_an_existing_output_folder(tmp_path):
+    from TotalRegistratorLib.io import OutputFolder
+
+    (tmp_path / "out").mkdir()
+    with OutputFolder(tmp_path / "out") as existing:  # its parent may be read-only
+        assert existing.staging.parent == tmp_path / "out"
+    with OutputFolder(tmp_path / "new") as fresh:
+        assert fresh.staging.parent == tmp_path
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "out"] and not any((tmp_path / "out").iterdir())
+
+
+def test_landmark_csv_columns_by_header(tmp_path):
+    from TotalRegistratorLib.pipeline import read_landmarks
+
+    (tmp_path / "points.csv").write_text("label,x,y,z,selected\nF-1,1,2,3,1\nF-2,4,5,6,0\n")
+    assert read_landmarks(tmp_path / "points.csv").tolist() == [[1, 2, 3], [4, 5, 6]]
+    (tmp_path / "plain.csv").write_text("1,2,3\n4,5,6\n")
+    assert read_landmarks(tmp_path / "plain.csv").tolist() == [[1, 2, 3], [4, 5, 6]]
+
+
+@pytest.mark.parametrize("case", ["two columns", "json list", "null position", "no points", "empty mask",
+                                  "report over a landmark file"])
+def test_evaluate_bad_inputs(case, registered, pair, tmp_path, capsys):
+    points = tmp_path / "points.csv"
+    points.write_text("1,2,3\n4,5,6\n")
+    bad = tmp_path / "bad.mrk.json"
+    args = ["evaluate", "--transform", str(registered / "transform.h5")]
+    if case == "two columns":
+        (tmp_path / "bad.csv").write_text("1,2\n3,4\n5,6\n")  # six numbers: reshaped, they would pass as two points
+        args += ["--landmarks", str(points), str(tmp_path / "bad.csv")]
+        expected = f"{tmp_path / 'bad.csv'}: landmarks must be one or more rows of three finite numbers"
+    elif case in ("json list", "null position", "no points"):
+        bad.write_text(json.dumps({"json list": [1, 2],
+                                   "null position": {"markups": [{"controlPoints": [{"position": None}]}]},
+                                   "no points": {"markups": [{"controlPoints": []}]}}[case]))
+        args += ["--landmarks", str(points), str(bad)]
+        expected = f"{bad}: "
+    elif case == "empty mask":
+        empty = sitk.ReadImage(str(pair["fixed_labels"])) * 0
+        args += ["--mask", str(write(empty, tmp_path / "empty.nii.gz"))]
+        expected = f"{tmp_path / 'empty.nii.gz'}: mask has no voxels on the transform's grid"
+    else:
+        markups = json.dumps({"markups": [{"controlPoints": [{"position": [1, 2, 3]}, {"position": [4, 5, 6]}]}]})
+        bad.write_text(markups)
+        args += ["--landmarks", str(points), str(bad), "-o", str(bad)]
+        expected = f"{bad}: output would overwrite an input"
+    code, err = run_main(args, capsys)
+    assert code == 2 and len(err) == 1 and expected in err[0], err
+    assert points.read_text() == "1,2,3\n4,5,6\n" and (case != "report over a landmark file" or
+                                                         bad.read_text() == markups)
 
 
 @pytest.mark.parametrize("command", ["warp", "evaluate"])

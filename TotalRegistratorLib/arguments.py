@@ -6,7 +6,10 @@ A value out of range makes argparse print one line naming the option and exit wi
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
+
+LARGEST_INT = 2**63 - 1  # torch seeds and counts are 64-bit
 
 
 def _bounded(kind: type, allow_zero: bool) -> Callable[[str], int | float]:
@@ -16,7 +19,9 @@ def _bounded(kind: type, allow_zero: bool) -> Callable[[str], int | float]:
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
                                              f"got {text!r}") from None
-        if not (value >= 0 if allow_zero else value > 0):  # also refuses nan
+        if not math.isfinite(value) or value > LARGEST_INT:
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if not (value >= 0 if allow_zero else value > 0):
             raise argparse.ArgumentTypeError(f"must be {'0 or more' if allow_zero else 'greater than 0'}, got {text}")
         return value
     return parse

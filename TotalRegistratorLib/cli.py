@@ -14,7 +14,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from . import runtime
-from .arguments import positive
+from .arguments import non_negative, positive
 from .errors import InputError
 from .optimize import SIMILARITIES, OptimizationSettings
 from .phantom_cli import add_phantom_command
@@ -90,14 +90,15 @@ def _add_register(subparsers) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--threads", type=positive(int), default=None,
                    help="CPU threads for torch (default: torch's choice; use 1 when other work shares the cores)")
-    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--seed", type=non_negative(int), default=defaults.seed)
     p.add_argument("--similarity", choices=SIMILARITIES, default=defaults.similarity,
                    help="local NCC (default), MIND-SSC or Parzen mutual information (contrast/multiphase)")
     p.add_argument("--iterations", type=_iterations, metavar="N,N",
                    default=defaults.deformable_iterations,
                    help="deformable iterations per level, coarse to fine (default %(default)s); 0,0 = affine only")
     p.add_argument("--affine-iterations", type=_iterations, metavar="N,N", default=defaults.affine_iterations)
-    p.add_argument("--smoothness", type=float, default=defaults.smoothness, help="weight of the diffusion term")
+    p.add_argument("--smoothness", type=non_negative(float), default=defaults.smoothness,
+                   help="weight of the diffusion term")
     p.add_argument("--spacing", type=positive(float), default=defaults.spacing, help="finest working spacing in mm")
     p.add_argument("--export-spacing", type=positive(float), default=None,
                    help="write the displacement field on a grid of this spacing (mm) instead of the fixed grid")
@@ -170,11 +171,13 @@ def _add_evaluate(subparsers) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from .io import atomic_path, check_output_file
+    from .io import atomic_path, check_not_an_input, check_output_file
     from .pipeline import run_evaluate
 
     if args.output:
         check_output_file(args.output, (".json",))
+        check_not_an_input([args.output], [*(args.labels or ()), args.transform, args.mask,
+                                           *(args.landmarks or ()), args.truth])
     report = run_evaluate(args.labels, args.transform, args.mask, args.landmarks, args.truth)
     text = json.dumps(report, indent=2)
     if args.output:

@@ -12,7 +12,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -147,10 +147,22 @@ def _check_creatable(path: Path, what: str) -> None:
 
 def check_same_grid(image: sitk.Image, reference: sitk.Image, path: str | os.PathLike, reference_name: str) -> None:
     """Raise :class:`InputError` unless ``image`` (a label map read from ``path``) lies on ``reference``'s
-    voxel grid: same size and the same index -> LPS mm map to within 0.001 mm."""
+    voxel grid: same size, and the corner voxels' centres agree to within 0.001 mm."""
+    corners = np.array(np.meshgrid(*[(0, n - 1) for n in reference.GetSize()], indexing="ij")).reshape(3, -1)
+    points = np.vstack([corners, np.ones(corners.shape[1])])
     if image.GetSize() != reference.GetSize() or not np.allclose(
-            Grid.from_image(image).index_to_world, Grid.from_image(reference).index_to_world, atol=1e-3):
+            Grid.from_image(image).index_to_world @ points, Grid.from_image(reference).index_to_world @ points,
+            rtol=0, atol=1e-3):
         raise InputError(f"{path}: label map does not share the grid of {reference_name}")
+
+
+def check_not_an_input(outputs: Iterable[str | os.PathLike],
+                       inputs: Iterable[str | os.PathLike | None]) -> None:
+    """Raise :class:`InputError` if any output path is one of the inputs (``None`` inputs are ignored)."""
+    taken = {Path(p).resolve() for p in inputs if p is not None}
+    for output in outputs:
+        if Path(output).resolve() in taken:
+            raise InputError(f"{output}: output would overwrite an input")
 
 
 def check_output_dir(path: str | os.PathLike) -> Path:
@@ -190,7 +202,9 @@ class OutputFolder:
         self.replaces = replaces
         self.made = [p for p in self.path.parents if not p.exists()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.staging = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.partial-", dir=self.path.parent))
+        # inside an existing output folder (its parent may be read-only), else beside it; same file system
+        where = self.path if self.path.is_dir() else self.path.parent
+        self.staging = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.partial-", dir=where))
 
     def __truediv__(self, name: str) -> Path:
         return self.staging / name

@@ -125,6 +125,8 @@ def run_register(fixed_path: Path, moving_path: Path, output: Path, settings: Op
     """
     start = time.perf_counter()
     io.check_output_dir(output)
+    io.check_not_an_input([Path(output) / name for name in (*REGISTER_OUTPUTS, WARPED_LABELS)],
+                          [fixed_path, moving_path, fixed_labels, moving_labels])
     fixed = io.read_image(fixed_path)
     moving = io.read_image(moving_path)
     label_maps = None
@@ -213,13 +215,13 @@ def run_warp(input_path: Path, transform_path: Path, reference_path: Path, outpu
     transform = io.read_transform(transform_path)
     reference = io.read_image(reference_path, labels=True)
     default = None if labels else float(sitk.GetArrayViewFromImage(image).min())
-    if Path(output).resolve() in {Path(p).resolve() for p in (input_path, transform_path, reference_path)}:
-        raise InputError(f"{output}: output would overwrite an input")
+    io.check_not_an_input([output], [input_path, transform_path, reference_path])
     io.write_image(resample_moving(image, reference, transform, labels=labels, default=default), output)
 
 
 def read_landmarks(path: Path) -> np.ndarray:
-    """Landmarks (n, 3) in LPS mm from a CSV (x, y, z columns, LPS) or a Slicer .json markups file (RAS or LPS)."""
+    """Landmarks (n, 3) in LPS mm from a CSV (three numbers per row, or a header naming x, y, z columns; LPS)
+    or a Slicer .json markups file (RAS or LPS)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such landmark file")
@@ -227,15 +229,22 @@ def read_landmarks(path: Path) -> np.ndarray:
         if path.suffix == ".json":
             markups = json.loads(path.read_text())["markups"][0]
             points = np.array([p["position"] for p in markups["controlPoints"]], float)
-            if markups.get("coordinateSystem", "LPS") == "RAS":
-                points[:, :2] *= -1
-            return points.reshape(-1, 3)
-        rows = [line.split(",") for line in path.read_text().splitlines() if line.strip()]
-        if rows and not _is_number(rows[0][-1]):
-            rows = rows[1:]
-        return np.array([[float(v) for v in row[-3:]] for row in rows], float).reshape(-1, 3)
-    except (ValueError, KeyError, IndexError, json.JSONDecodeError) as err:
-        raise InputError(f"{path}: cannot read landmarks ({err})") from None
+            ras = markups.get("coordinateSystem", "LPS") == "RAS"
+        else:
+            rows = [[v.strip() for v in line.split(",")] for line in path.read_text().splitlines() if line.strip()]
+            columns = slice(None)
+            if rows and not all(_is_number(v) for v in rows[0]):  # a header: take its x, y, z columns
+                header = [name.lower() for name in rows.pop(0)]
+                columns = [header.index(axis) for axis in "xyz"]
+            points = np.array([np.array(row, dtype=object)[columns] for row in rows], float)
+            ras = False
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: cannot read landmarks ({type(err).__name__}: {err})") from None
+    if points.ndim != 2 or points.shape[1] != 3 or len(points) == 0 or not np.isfinite(points).all():
+        raise InputError(f"{path}: landmarks must be one or more rows of three finite numbers (x, y, z mm)")
+    if ras:
+        points[:, :2] *= -1
+    return points
 
 
 def _is_number(text: str) -> bool:
@@ -267,7 +276,10 @@ def run_evaluate(labels: tuple[Path, Path] | None = None, transform_path: Path |
     def mask_on(grid: Grid) -> np.ndarray | None:
         if mask_image is None:
             return None
-        return sitk.GetArrayFromImage(resample_moving(mask_image, grid.reference_image(), labels=True)) > 0
+        mask = sitk.GetArrayFromImage(resample_moving(mask_image, grid.reference_image(), labels=True)) > 0
+        if not mask.any():
+            raise InputError(f"{mask_path}: mask has no voxels on the transform's grid")
+        return mask
 
     if isinstance(transform, sitk.DisplacementFieldTransform):
         grid = Grid.from_image(transform.GetDisplacementField())
