@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -88,11 +89,29 @@ def test_harness_with_instance_optimisation(spec, tmp_path):
     status = {m.key: "ran" for m in methods} | {"cascade": "pending: no weights"}
     text = compare.markdown(list(rows.values()), [*methods, compare.METHODS["cascade"]], status,
                             {"command": "test", "commit": "x", "date": "today", "machine": "m", "threads": 1})
-    assert "pending: no weights" in text and "| lung |" in text and "ratio to Elastix" in text
+    assert "pending: no weights" in text and "| lung |" in text and "speed-up vs Elastix" in text
     io_line = next(line for line in text.splitlines() if line.startswith("| phantom translation | Instance"))
     assert io_line.endswith(f"| {rows['io']['seconds']:.1f} |")  # each group's registration time
     compare.boxplot(list(rows.values()), methods, tmp_path / "box.png")
     assert (tmp_path / "box.png").stat().st_size > 0
+
+
+def test_speedup_over_elastix_is_per_pair_on_pairs_both_finished():
+    def row(pair, method, seconds, status="ok", group="g"):
+        return {"pair": pair, "method": method, "seconds": seconds, "status": status, "group": group}
+
+    rows = [row("a", "elastix", 400.0), row("a", "io", 10.0), row("b", "elastix", 50.0), row("b", "io", 10.0),
+            row("c", "elastix", 60.0), row("c", "io", 30.0), row("d", "elastix", 0.0, "failed: x"),
+            row("d", "io", 99.0), row("e", "io", 5.0, group="other"), row("e", "elastix", 10.0, group="other")]
+    assert sorted(compare.elastix_speedups(rows, "io", "g")) == [2.0, 5.0, 40.0]  # d: Elastix failed
+    assert compare.elastix_speedups(rows, "io", "other").tolist() == [2.0]
+
+
+def test_the_harness_measures_its_own_checkout():
+    """Library imports and method subprocesses use the checkout compare.py is in (a worktree, not the
+    checkout the virtual environment's editable install points at)."""
+    assert Path(compare.io.__file__).resolve().parents[1] == compare.REPO
+    assert os.environ["PYTHONPATH"].split(os.pathsep)[0] == str(compare.REPO)
 
 
 @pytest.mark.parametrize("method", [compare.METHODS["ants"], ELASTIX_RIGID], ids=["ants", "elastix"])

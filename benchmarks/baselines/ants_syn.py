@@ -1,4 +1,8 @@
-"""ANTs SyN (antspyx) with its defaults: rigid + affine initialisation, then SyN (reg_iterations 40, 20, 0).
+"""ANTs SyN (antspyx) with its defaults: centre of mass, affine, then SyN (Mattes MI, reg_iterations 40, 20, 0).
+
+antspyx's ``SyN`` preset: an initial translation between the intensity centres of mass, an affine stage
+(Mattes MI, 2100x1200x1200x0 iterations, shrink 4x2x2x1, so none at full resolution) and SyN[0.2, 3, 0]
+(Mattes MI, 40x20x0, shrink 4x2x1). There is no rigid stage (that is ``SyNRA``).
 
 Run in its own environment (antspyx pins numpy < 2.4 and scipy < 1.16; see protocol.py):
 ``.venv-ants/bin/python benchmarks/baselines/ants_syn.py FIXED MOVING OUTDIR --threads N``.
