@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -335,3 +337,27 @@ def test_normalize_intensity():
     assert isinstance(got, torch.Tensor)
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-7)
     assert hu[0] == -3000.0  # the input is not modified in place
+
+
+def test_float_label_maps_must_hold_whole_numbers(tmp_path):
+    values = np.zeros((4, 5, 6), np.float32)
+    values[1:3, 1:4, 1:5] = 7.0
+    io.write_image(sitk.GetImageFromArray(values), tmp_path / "whole.nrrd")
+    labels = io.read_image(tmp_path / "whole.nrrd", labels=True)
+    assert labels.GetPixelID() == sitk.sitkUInt16 and int(sitk.GetArrayFromImage(labels).max()) == 7
+    values[2, 2, 2] = 0.9999  # linearly resampled: truncation would silently make it background
+    io.write_image(sitk.GetImageFromArray(values), tmp_path / "fraction.nrrd")
+    with pytest.raises(InputError, match=r"fraction\.nrrd: label map holds values that are not whole numbers"):
+        io.read_image(tmp_path / "fraction.nrrd", labels=True)
+    values[2, 2, 2] = -1.0
+    io.write_image(sitk.GetImageFromArray(values), tmp_path / "negative.nrrd")
+    with pytest.raises(InputError, match=r"negative\.nrrd: label values must lie in 0\.\.65535, got -1\.\.7"):
+        io.read_image(tmp_path / "negative.nrrd", labels=True)
+
+
+def test_reports_are_strict_json():
+    report = {"dice": {"1": np.float32(0.5), "2": float("nan")}, "n": np.int64(3), "path": Path("a/b"),
+              "values": np.array([1.0, np.inf])}
+    text = io.to_json(report)
+    assert json.loads(text) == {"dice": {"1": 0.5, "2": None}, "n": 3, "path": "a/b", "values": [1.0, None]}
+    assert "NaN" not in text and "Infinity" not in text

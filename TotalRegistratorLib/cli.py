@@ -171,7 +171,7 @@ def _add_evaluate(subparsers) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from .io import atomic_path, check_not_an_input, check_output_file
+    from .io import atomic_path, check_not_an_input, check_output_file, to_json
     from .pipeline import run_evaluate
 
     if args.output:
@@ -179,7 +179,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         check_not_an_input([args.output], [*(args.labels or ()), args.transform, args.mask,
                                            *(args.landmarks or ()), args.truth])
     report = run_evaluate(args.labels, args.transform, args.mask, args.landmarks, args.truth)
-    text = json.dumps(report, indent=2)
+    text = to_json(report)
     if args.output:
         with atomic_path(args.output) as tmp:
             tmp.write_text(text)

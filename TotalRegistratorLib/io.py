@@ -9,6 +9,7 @@ write to a temporary name beside the target and rename it when complete.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -35,13 +36,11 @@ def _read(path: Path) -> sitk.Image:
     return sitk.ReadImage(str(path))
 
 
-def read_image(path: str | os.PathLike, labels: bool = False) -> sitk.Image:
-    """Read a 3D scalar image (file or DICOM folder) and check it is usable.
+def read_volume(path: str | os.PathLike) -> sitk.Image:
+    """Read a 3D scalar image (file or DICOM folder) as stored, values unchecked (e.g. a reference grid).
 
-    CT images come back as float32 Hounsfield units, label maps (``labels=True``)
-    as integers. Raises :class:`InputError` for missing or unreadable files,
-    images that are not 3D, have several components, hold NaN, or (for CT) are
-    constant.
+    Raises :class:`InputError` for missing or unreadable files and images that are not 3D or have
+    several components.
     """
     path = Path(path)
     if not path.exists():
@@ -55,8 +54,21 @@ def read_image(path: str | os.PathLike, labels: bool = False) -> sitk.Image:
         raise InputError(f"{path}: expected a 3D volume, got size {image.GetSize()}")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{path}: expected one value per voxel, got {image.GetNumberOfComponentsPerPixel()}")
+    return image
+
+
+def read_image(path: str | os.PathLike, labels: bool = False) -> sitk.Image:
+    """Read a 3D scalar image (file or DICOM folder) and check it is usable.
+
+    CT images come back as float32 Hounsfield units, label maps (``labels=True``)
+    as integers. Raises :class:`InputError` for missing or unreadable files,
+    images that are not 3D, have several components, hold NaN, or (for CT) are
+    constant, and label maps whose values are not whole numbers in 0..65535.
+    """
+    path = Path(path)
+    image = read_volume(path)
     if labels:
-        return image if image.GetPixelID() in _INTEGER_TYPES else sitk.Cast(image, sitk.sitkUInt16)
+        return image if image.GetPixelID() in _INTEGER_TYPES else _as_label_map(image, path)
     image = sitk.Cast(image, sitk.sitkFloat32)
     values = sitk.GetArrayViewFromImage(image)
     if not np.isfinite(values).all() or _nifti_has_non_finite(path):
@@ -64,6 +76,34 @@ def read_image(path: str | os.PathLike, labels: bool = False) -> sitk.Image:
     if values.min() == values.max():
         raise InputError(f"{path}: image is constant ({values.min():g} everywhere)")
     return image
+
+
+def _as_label_map(image: sitk.Image, path: Path) -> sitk.Image:
+    """A label map stored as floats or 64-bit integers, as UInt16; refused unless every value is a
+    whole number in 0..65535 (a linearly resampled label map has fractions: truncating them moves borders)."""
+    values = sitk.GetArrayViewFromImage(image)
+    if not np.isfinite(values).all() or not np.array_equal(values, np.round(values)):
+        raise InputError(f"{path}: label map holds values that are not whole numbers")
+    if values.min() < 0 or values.max() > 65535:
+        raise InputError(f"{path}: label values must lie in 0..65535, got {values.min():g}..{values.max():g}")
+    return sitk.Cast(image, sitk.sitkUInt16)
+
+
+def to_json(report: dict) -> str:
+    """Strict JSON of a report: NaN and infinity (undefined values, e.g. the Dice of a label in neither
+    map) become null; numpy numbers and arrays, and paths, become plain JSON values."""
+    def plain(value):
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple, np.ndarray)):
+            return [plain(v) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
+        if isinstance(value, (float, np.floating)):
+            return float(value) if np.isfinite(value) else None
+        if isinstance(value, np.integer):
+            return int(value)
+        return str(value) if isinstance(value, Path) else value
+
+    return json.dumps(plain(report), indent=2, allow_nan=False)
 
 
 def _nifti_has_non_finite(path: Path) -> bool:

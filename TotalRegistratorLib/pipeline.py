@@ -183,7 +183,7 @@ def run_register(fixed_path: Path, moving_path: Path, output: Path, settings: Op
         if torch.cuda.is_available():
             report["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
         with io.atomic_path(out / "report.json") as tmp:
-            tmp.write_text(json.dumps(report, indent=2, default=_json_default))
+            tmp.write_text(io.to_json(report))
     return report
 
 
@@ -197,14 +197,6 @@ def field_summary(field: torch.Tensor, grid: Grid, mask: np.ndarray | None = Non
     return stats
 
 
-def _json_default(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot serialise {type(value)}")
-
-
 def run_warp(input_path: Path, transform_path: Path, reference_path: Path, output: Path, labels: bool) -> None:
     """Resample ``input`` onto ``reference``'s grid through an ITK transform file (nearest for labels).
 
@@ -213,7 +205,7 @@ def run_warp(input_path: Path, transform_path: Path, reference_path: Path, outpu
     io.check_output_file(output, io.IMAGE_SUFFIXES)
     image = io.read_image(input_path, labels=labels)
     transform = io.read_transform(transform_path)
-    reference = io.read_image(reference_path, labels=True)
+    reference = io.read_volume(reference_path)  # only its grid is used
     default = None if labels else float(sitk.GetArrayViewFromImage(image).min())
     io.check_not_an_input([output], [input_path, transform_path, reference_path])
     io.write_image(resample_moving(image, reference, transform, labels=labels, default=default), output)

@@ -103,7 +103,6 @@ class Prepared:
 
     tensor: torch.Tensor
     grid: Grid
-    mask: torch.Tensor  # body mask on ``grid``, [1, 1, K, J, I] float
     centroid: np.ndarray  # body centroid on the working grid, LPS mm
     domain: Grid  # the original image's grid (its field of view)
 
@@ -125,8 +124,7 @@ def prepare(image: sitk.Image, grid_for, name: str = "image", device="cpu", mask
     domain = Grid.from_image(image)
     # centroid from the resampled mask, so a scan stored in another orientation gives the same input
     centroid = grid.transform_indices(np.argwhere(mask_on_grid)[:, ::-1].mean(axis=0))
-    return Prepared(_as_tensor(normalize_intensity(on_grid), device), grid, _as_tensor(mask_on_grid, device),
-                    centroid, domain)
+    return Prepared(_as_tensor(normalize_intensity(on_grid), device), grid, centroid, domain)
 
 
 def _as_tensor(array: np.ndarray, device) -> torch.Tensor:
