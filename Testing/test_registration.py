@@ -10,6 +10,7 @@ from conftest import deformed_pair, shared_file, torso
 
 from TotalRegistratorLib import io, metrics, preprocess
 from TotalRegistratorLib.export import transform_to_field
+from TotalRegistratorLib.fields import affine_field
 from TotalRegistratorLib.geometry import Grid
 from TotalRegistratorLib.optimize import OptimizationSettings
 from TotalRegistratorLib.registration import Result, register, resample_moving
@@ -134,3 +135,21 @@ def test_refining_a_field_keeps_a_good_start_and_improves_a_poor_one():
         assert result.affine is None and result.timings["affine"] > 0  # the start had no affine part to compose
         error = np.linalg.norm(exported_field(result) - truth[0].numpy(), axis=0)[body]
         assert np.median(error) < limit, np.median(error)
+
+
+def test_field_on_in_slabs_equals_one_piece():
+    """Result.field_on fills big grids slab by slab; the slabs must join into the same field, affine part included."""
+    grid = Grid((12, 10, 8), (4.0, 4.0, 5.0), (-20.0, -18.0, -15.0))
+    target = Grid((20, 16, 14), (3.0, 3.0, 4.0), (-30.0, -24.0, -30.0))  # beyond grid on every side
+    affine = np.eye(4)
+    affine[:3, :3] += 0.02 * np.arange(9).reshape(3, 3) / 9
+    affine[:3, 3] = (3.0, -2.0, 1.0)
+    field = torch.randn(1, 3, *grid.shape, generator=torch.Generator().manual_seed(0))
+    result = Result(sitk.Image(8, 8, 8, sitk.sitkFloat32), None, field, grid, affine, None)
+    whole = result.field_on(target, max_voxels=10**9)
+    assert torch.allclose(result.field_on(target, max_voxels=20 * 16 * 2), whole, atol=1e-5)  # 7 slabs
+    # the far corner: the affine part there, plus the deformable remainder of grid's own far corner (border)
+    corner = target.world_points(dtype=torch.float64)[0, -1, -1, -1]
+    linear = corner @ torch.tensor(affine[:3, :3]).T + torch.tensor(affine[:3, 3]) - corner
+    remainder = (field - affine_field(affine, grid))[0, :, -1, -1, -1].double()
+    assert torch.allclose(whole[0, :, -1, -1, -1].double(), linear + remainder, atol=1e-4)

@@ -57,15 +57,19 @@ class Result:
     fixed_mask: np.ndarray  # body mask on the fixed image's grid, [K, J, I]
     timings: dict[str, float] = field(default_factory=dict)
 
-    def field_on(self, target: Grid) -> torch.Tensor:
+    def field_on(self, target: Grid, max_voxels: int = 4_000_000) -> torch.Tensor:
         """The field on another grid. Outside ``grid`` (the body box) the affine part continues
-        exactly and only the deformable remainder is extended with its border values.
+        exactly and only the deformable remainder is extended with its border values. Filled in
+        slabs of at most ``max_voxels``, so a whole-body CT's grid needs no full-size temporaries.
         """
         if self.affine is None:
-            return resample_field(self.field, self.grid, target)
-        remainder = self.field - affine_field(self.affine, self.grid, self.field.device, self.field.dtype)
-        return affine_field(self.affine, target, self.field.device, self.field.dtype) + resample_field(
-            remainder, self.grid, target)
+            return resample_field(self.field, self.grid, target, max_voxels)
+        device, dtype = self.field.device, self.field.dtype
+        remainder = self.field - affine_field(self.affine, self.grid, device, dtype)
+        step = max(1, max_voxels // (target.size[0] * target.size[1]))
+        slabs = [target.slab(k, min(k + step, target.size[2])) for k in range(0, target.size[2], step)]
+        return torch.cat([affine_field(self.affine, slab, device, dtype) + resample_field(remainder, self.grid, slab)
+                          for slab in slabs], dim=2)
 
     def transform(self, spacing: float | None = None) -> sitk.DisplacementFieldTransform:
         """The dense transform on the fixed image's grid (or the same box at ``spacing`` mm)."""
