@@ -379,6 +379,15 @@ def test_unknown_block_and_missing_weights_are_input_errors(pair, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("option, value, words", [("--seed", "-1", "must be 0 or more"),
+                                                  ("--spacing", "nan", "spacing must be one or three positive"),
+                                                  ("--spacing", "inf,1,1", "spacing must be one or three positive")])
+def test_phantom_bad_numbers(option, value, words, tmp_path, capsys):
+    code, err = run_main(["phantom", "-o", str(tmp_path / "p"), option, value], capsys)
+    assert code == 2 and f"{option}: {words}" in err[-1], err
+    assert not (tmp_path / "p").exists()
+
+
 def test_phantom_rerun_leaves_only_the_pairs_it_lists(tmp_path):
     out = tmp_path / "pairs"
     assert main(["phantom", "-o", str(out), "--pairs", "2", "--kind", "intra", "--spacing", "8"]) == 0

@@ -102,3 +102,13 @@ def test_pairs_csv_round_trip_and_errors(tmp_path):
         read_pairs_csv(bad)
     with pytest.raises(InputError, match="no such pairs CSV"):
         read_pairs_csv(tmp_path / "none.csv")
+    bad.write_text("fixed,moving,fixed_label\na.nii.gz,b.nii.gz,sub/a_labels.nii.gz\n")  # a typo, not ignored
+    with pytest.raises(InputError, match=r"bad\.csv: unknown column\(s\) fixed_label"):
+        read_pairs_csv(bad)
+    bad.write_text("fixed,moving\n\n\na.nii.gz,missing.nii.gz\n")  # blank lines: the file's own line number
+    with pytest.raises(InputError, match=r"bad\.csv: line 4: moving file"):
+        read_pairs_csv(bad)
+    spreadsheet = tmp_path / "excel.csv"  # byte-order mark and spaces after the commas
+    spreadsheet.write_text("fixed, moving, fixed_labels\r\na.nii.gz, b.nii.gz, sub/a_labels.nii.gz\r\n",
+                           encoding="utf-8-sig")
+    assert read_pairs_csv(spreadsheet) == [record]

@@ -29,7 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
-from .io import atomic_path, read_image
+from .io import atomic_path, check_same_grid, read_image
 
 STRUCTURES = ("lung", "heart", "liver", "kidney", "pancreas", "spleen", "stomach", "gallbladder", "prostate",
               "pelvis_bone", "vertebrae", "ribs")
@@ -105,8 +105,7 @@ def _read_folder(folder: Path) -> sitk.Image:
     out = np.zeros(sitk.GetArrayViewFromImage(reference).shape, np.uint8)
     for path, structure in known:
         image = read_image(path, labels=True)
-        if image.GetSize() != reference.GetSize():
-            raise InputError(f"{path}: size {image.GetSize()} differs from {known[0][0].name}'s {reference.GetSize()}")
+        check_same_grid(image, reference, path, known[0][0].name)
         out[sitk.GetArrayViewFromImage(image) > 0] = LABELS[structure]
     return _labels_image(out, reference)
 
@@ -160,21 +159,28 @@ class PairRecord:
 
 
 def read_pairs_csv(path: str | os.PathLike) -> list[PairRecord]:
-    """Read a pairs CSV, resolving relative paths against its folder and checking that every file exists."""
+    """Read a pairs CSV, resolving relative paths against its folder and checking that every file exists.
+
+    Column names are those of :data:`PAIR_COLUMNS` (spaces around them and a UTF-8 byte-order mark, as
+    spreadsheets write, are ignored); an unknown column is an error rather than silently unused.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such pairs CSV")
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
+        reader.fieldnames = columns = [c.strip() for c in reader.fieldnames or []]
         missing = [c for c in _REQUIRED if c not in columns]
         if missing:
             raise InputError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(columns) or 'none'})")
-        rows = list(reader)
+        unknown = [c for c in columns if c not in PAIR_COLUMNS]
+        if unknown:
+            raise InputError(f"{path}: unknown column(s) {', '.join(unknown)} (known: {', '.join(PAIR_COLUMNS)})")
+        rows = [(reader.line_num, row) for row in reader]
     if not rows:
         raise InputError(f"{path}: no pairs listed")
     records = []
-    for line, row in enumerate(rows, start=2):
+    for line, row in rows:
         entries: dict[str, Path | str | None] = {}
         for column in PAIR_COLUMNS[:5]:
             value = (row.get(column) or "").strip()
@@ -206,7 +212,7 @@ def write_pairs_csv(path: str | os.PathLike, records: list[PairRecord]) -> None:
         except ValueError:  # another drive on Windows
             return str(file)
 
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(PAIR_COLUMNS)
         for r in records:

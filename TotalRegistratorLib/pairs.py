@@ -26,7 +26,7 @@ import torch
 
 from .export import export_grid, field_to_image, field_to_transform
 from .geometry import Grid
-from .io import write_image, write_transform
+from .io import check_same_grid, write_image, write_transform
 from .labels import LABELS, PairRecord
 from .phantom import Phantom, make_phantom, random_state, render, scan_grid, world_point_chunks
 from .preprocess import body_mask
@@ -142,7 +142,9 @@ def phantom_landmarks(ph: Phantom, rng: np.random.Generator) -> Landmarks:
 
 
 def scan_landmarks(image: sitk.Image, labels: sitk.Image | None, rng: np.random.Generator) -> Landmarks:
-    """Landmarks of a real scan from its body mask and (if given) lung and stomach labels."""
+    """Landmarks of a real scan from its body mask and (if given) lung and stomach labels on its grid."""
+    if labels is not None:
+        check_same_grid(labels, image, "labels", "the scan")
     grid = Grid.from_image(image)
     mask = body_mask(image)
     body = grid.transform_indices(np.argwhere(mask)[:, ::-1][:: max(1, int(mask.sum()) // 200_000)])

@@ -489,7 +489,7 @@ def _render_points(ph: Phantom, state: ScanState, anatomy: Coords, world: torch.
     v = ph.vessels
     for name in ("psoas_left", "psoas_right"):
         canvas.paint(v[name].sd(anatomy), 52.0 + 5 * texture)
-    if _overlaps(v["bladder"], z):
+    if _overlaps(v["bladder"], z) or _overlaps(v["rectum"], z):
         canvas.paint(v["bladder"].sd(anatomy), 8.0)
         canvas.paint(v["rectum"].sd(anatomy), 35.0)
         canvas.paint(v["rectum"].sd(anatomy) + 4, -950.0)
@@ -547,8 +547,7 @@ def _render_points(ph: Phantom, state: ScanState, anatomy: Coords, world: torch.
             canvas.paint(v[name].sd(anatomy), 40.0)
             canvas.paint(v[name].sd(anatomy) + 2.5, -1000.0)
     _spine(ph, anatomy, canvas)
-    if bool(z.max() > 0):
-        _ribs(ph, anatomy, cavity, canvas)
+    _ribs(ph, anatomy, cavity, canvas)  # on every chunk: no simple height bound holds for the lowest ribs
     if bool(z.min() < -110):
         _pelvis(ph, anatomy, canvas)
     return canvas.hu, canvas.label

@@ -12,18 +12,20 @@ removed, so the folder holds exactly the pairs that ``pairs.csv`` lists.
 from __future__ import annotations
 
 import argparse
+import math
 
 import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from .arguments import non_negative
 from .errors import InputError
 from .io import OutputFolder
 from .labels import write_pairs_csv
 from .pairs import KINDS, Pair, make_pair
 
 GALLERY_ROWS = 12
-PHANTOM_OUTPUTS = ("pair[0-9][0-9][0-9]_*", "pairs.csv", "gallery.png")
+PHANTOM_OUTPUTS = ("pair[0-9]*_*", "pairs.csv", "gallery.png")
 
 
 def _spacing(text: str) -> tuple[float, float, float]:
@@ -31,7 +33,7 @@ def _spacing(text: str) -> tuple[float, float, float]:
         values = [float(v) for v in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"spacing must be mm as one number or x,y,z, not {text!r}") from None
-    if len(values) not in (1, 3) or min(values) <= 0:
+    if len(values) not in (1, 3) or not all(math.isfinite(v) and v > 0 for v in values):
         raise argparse.ArgumentTypeError(f"spacing must be one or three positive numbers (mm), not {text!r}")
     return tuple(values * 3) if len(values) == 1 else tuple(values)
 
@@ -46,7 +48,7 @@ def add_phantom_command(subparsers: argparse._SubParsersAction) -> argparse.Argu
     parser.add_argument("--pairs", type=int, default=1, help="number of pairs (default 1)")
     parser.add_argument("--kind", choices=KINDS, default="intra",
                         help="intra: same patient, later scan; multiphase: other contrast phase; inter: two patients")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same pairs)")
+    parser.add_argument("--seed", type=non_negative(int), default=0, help="random seed (same seed, same pairs)")
     parser.add_argument("--spacing", type=_spacing, default=None,
                         help="voxel spacing in mm, one value or x,y,z (default: scanner-like, in-plane 0.6-1 mm, "
                              "slices 0.8-5 mm; slow and large, about 1 minute per pair)")
