@@ -434,8 +434,10 @@ def boxplot(rows: list[dict], methods: list[Method], path: Path) -> None:
 
     groups = list(dict.fromkeys(r["group"] for r in rows))
     names = (*TRAINING_STRUCTURES, "prostate")
-    figure, axes = plt.subplots(len(groups), 1, figsize=(14, 3.2 * len(groups)), squeeze=False)
-    colours = plt.get_cmap("tab10")
+    height = 3.2 * len(groups) + 0.8  # inches; the top 0.8 hold the legend
+    figure, axes = plt.subplots(len(groups), 1, figsize=(max(14.0, 4 + 0.13 * len(names) * len(methods)), height),
+                                squeeze=False)
+    colours = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
     width = 0.8 / max(len(methods), 1)
     for axis, group in zip(axes[:, 0], groups):
         for i, m in enumerate(methods):
@@ -453,12 +455,13 @@ def boxplot(rows: list[dict], methods: list[Method], path: Path) -> None:
                 axis.plot(np.full(values.size, position), values, ".", color=colours(i), markersize=4)
             axis.plot([], [], "s", color=colours(i), label=m.title)
         axis.set_xticks(range(len(names)), [n.replace("_", " ") for n in names])
-        axis.set_ylim(0, 1)
+        axis.set_xlim(-0.6, len(names) - 0.4)  # every structure in place, even where no pair has it
+        axis.set_ylim(0, 1.02)
         axis.set_ylabel("Dice")
         axis.set_title(group)
         axis.grid(axis="y", alpha=0.3)
-    axes[0, 0].legend(ncol=len(methods), fontsize=8, loc="lower left")
-    figure.tight_layout()
+    figure.legend(*axes[0, 0].get_legend_handles_labels(), loc="upper center", ncol=min(len(methods), 6), fontsize=9)
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.8 / height))
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
