@@ -60,10 +60,8 @@ def resample_field(field: torch.Tensor, grid: Grid, target: Grid, max_voxels: in
 
     Large targets are filled in slabs of at most ``max_voxels`` to bound memory.
     """
-    step = max(1, max_voxels // (target.size[0] * target.size[1]))
-    slabs = [sample(field, grid, target.slab(k, min(k + step, target.size[2])).world_points(field.device, field.dtype),
-                    padding_mode="border") for k in range(0, target.size[2], step)]
-    return torch.cat(slabs, dim=2)
+    return torch.cat([sample(field, grid, slab.world_points(field.device, field.dtype), padding_mode="border")
+                      for slab in target.slabs(max_voxels)], dim=2)
 
 
 def compose(first: torch.Tensor, second: torch.Tensor, grid: Grid) -> torch.Tensor:

@@ -140,6 +140,11 @@ class Grid:
         origin = self.transform_indices(np.array([0.0, 0.0, start]))
         return Grid((self.size[0], self.size[1], stop - start), self.spacing, tuple(origin), self.direction)
 
+    def slabs(self, max_voxels: int) -> list[Grid]:
+        """Consecutive slabs (whole slices along k) of at most ``max_voxels`` each (one slice at least)."""
+        step = max(1, max_voxels // (self.size[0] * self.size[1]))
+        return [self.slab(k, min(k + step, self.size[2])) for k in range(0, self.size[2], step)]
+
     def reference_image(self, pixel_type: int = sitk.sitkFloat32) -> sitk.Image:
         """An empty SimpleITK image with this geometry (for resampling)."""
         image = sitk.Image(list(self.size), pixel_type)

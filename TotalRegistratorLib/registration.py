@@ -66,10 +66,8 @@ class Result:
             return resample_field(self.field, self.grid, target, max_voxels)
         device, dtype = self.field.device, self.field.dtype
         remainder = self.field - affine_field(self.affine, self.grid, device, dtype)
-        step = max(1, max_voxels // (target.size[0] * target.size[1]))
-        slabs = [target.slab(k, min(k + step, target.size[2])) for k in range(0, target.size[2], step)]
         return torch.cat([affine_field(self.affine, slab, device, dtype) + resample_field(remainder, self.grid, slab)
-                          for slab in slabs], dim=2)
+                          for slab in target.slabs(max_voxels)], dim=2)
 
     def transform(self, spacing: float | None = None) -> sitk.DisplacementFieldTransform:
         """The dense transform on the fixed image's grid (or the same box at ``spacing`` mm)."""
