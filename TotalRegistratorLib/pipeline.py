@@ -125,7 +125,8 @@ def run_register(fixed_path: Path, moving_path: Path, output: Path, settings: Op
     """
     start = time.perf_counter()
     io.check_output_dir(output)
-    io.check_not_an_input([Path(output) / name for name in (*REGISTER_OUTPUTS, WARPED_LABELS)],
+    outputs = (*REGISTER_OUTPUTS, WARPED_LABELS)
+    io.check_not_an_input([Path(output) / name for name in outputs],
                           [fixed_path, moving_path, fixed_labels, moving_labels])
     fixed = io.read_image(fixed_path)
     moving = io.read_image(moving_path)
@@ -162,7 +163,7 @@ def run_register(fixed_path: Path, moving_path: Path, output: Path, settings: Op
     timings["export"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    with io.OutputFolder(output, replaces=(*REGISTER_OUTPUTS, WARPED_LABELS)) as out:
+    with io.OutputFolder(output, replaces=outputs) as out:
         io.write_transform(transform, out / "transform.h5")
         io.write_image(displacement_image(result.transform(export_spacing) if affine_only else transform),
                        out / "displacement.nii.gz")

@@ -44,6 +44,7 @@ from .cascade import (
     apply_block,
     block_config,
     build_network,
+    load_block,
     save_block,
     voxels_to_mm,
 )
@@ -261,7 +262,7 @@ class Trainer:
         self.epoch = int(state["epoch"])
         # the best block file on disk is the truth (a stop between writing it and last.pt leaves last.pt behind)
         best = self.paths["best"]
-        saved = torch.load(best, weights_only=True)["config"]["metrics"] if best.is_file() else {}
+        saved = load_block(best, self.s.block, self.s.size)[1]["metrics"] if best.is_file() else {}
         self.best, self.selected_by = float(saved.get("selection", -float("inf"))), saved.get("selected_by")
         self._trim_log()
         return True
