@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from TotalRegistratorLib.geometry import Grid
+from TotalRegistratorLib.core.grid import Grid
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -59,7 +59,7 @@ def deformed_pair(image: sitk.Image, labels: sitk.Image, amplitude: float = 10.0
     """
     import torch
 
-    from TotalRegistratorLib import fields
+    from TotalRegistratorLib.core import fields
 
     grid = Grid.from_image(image)
     rng = np.random.default_rng(seed)

@@ -22,8 +22,8 @@ import SimpleITK as sitk
 import torch
 from single_thread import one_thread  # noqa: F401  (autouse)
 
-from TotalRegistratorLib.geometry import Grid
-from TotalRegistratorLib.pairs import Pair, make_pair
+from TotalRegistratorLib.core.grid import Grid
+from TotalRegistratorLib.simulation.pairs import Pair, make_pair
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import compare  # noqa: E402
@@ -110,7 +110,7 @@ def test_speedup_over_elastix_is_per_pair_on_pairs_both_finished():
 def test_the_harness_measures_its_own_checkout():
     """Library imports and method subprocesses use the checkout compare.py is in (a worktree, not the
     checkout the virtual environment's editable install points at)."""
-    assert Path(compare.io.__file__).resolve().parents[1] == compare.REPO
+    assert Path(compare.images.__file__).resolve().parents[2] == compare.REPO
     assert os.environ["PYTHONPATH"].split(os.pathsep)[0] == str(compare.REPO)
 
 

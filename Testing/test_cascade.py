@@ -9,8 +9,10 @@ import torch.nn.functional as F
 from conftest import rotation, torso
 from single_thread import one_thread  # noqa: F401  (autouse)
 
-from TotalRegistratorLib import fields
-from TotalRegistratorLib.cascade import (
+from TotalRegistratorLib.core import fields
+from TotalRegistratorLib.core.grid import Grid
+from TotalRegistratorLib.errors import InputError
+from TotalRegistratorLib.learned.cascade import (
     BLOCKS,
     Cascade,
     Mapping,
@@ -21,8 +23,6 @@ from TotalRegistratorLib.cascade import (
     save_block,
     voxels_to_mm,
 )
-from TotalRegistratorLib.errors import InputError
-from TotalRegistratorLib.geometry import Grid
 
 SIZE = (12, 10, 14)  # x, y, z voxels: small network grid for tests
 FIXED = Grid(SIZE, (3.0, 2.5, 4.0), (-20.0, 5.0, 30.0))

@@ -12,11 +12,11 @@ import pytest
 import SimpleITK as sitk
 from conftest import torso
 
-from TotalRegistratorLib import metrics
-from TotalRegistratorLib.cli import main
-from TotalRegistratorLib.geometry import Grid
-from TotalRegistratorLib.optimize import resolve_device
-from TotalRegistratorLib.pipeline import REGISTER_OUTPUTS
+from TotalRegistratorLib.app.cli import main
+from TotalRegistratorLib.app.pipeline import REGISTER_OUTPUTS
+from TotalRegistratorLib.core import metrics
+from TotalRegistratorLib.core.grid import Grid
+from TotalRegistratorLib.optimization.optimizer import resolve_device
 
 GRID = Grid((40, 30, 32), (5.0, 5.0, 5.0), (-100.0, -75.0, -80.0))
 QUICK = ["--iterations", "20,10", "--affine-iterations", "20,10", "--quiet"]
@@ -177,7 +177,7 @@ def test_output_folder_that_is_a_file(pair, tmp_path):
 
 
 def test_failure_during_writing_leaves_no_outputs(pair, tmp_path, monkeypatch):
-    from TotalRegistratorLib import pipeline
+    from TotalRegistratorLib.app import pipeline
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
@@ -208,7 +208,7 @@ def test_dice_of_warped_labels_is_what_report_says(registered, pair):
 
 @pytest.fixture(scope="module")
 def untrained_weights(tmp_path_factory) -> Path:
-    from TotalRegistratorLib.cascade import BLOCKS, block_config, build_network, save_block
+    from TotalRegistratorLib.learned.cascade import BLOCKS, block_config, build_network, save_block
 
     folder = tmp_path_factory.mktemp("weights")
     for block in BLOCKS:
@@ -279,7 +279,7 @@ def test_register_refuses_to_overwrite_an_input_in_its_output_folder(pair, tmp_p
 
 
 def test_output_staging_is_inside_an_existing_output_folder(tmp_path):
-    from TotalRegistratorLib.io import OutputFolder
+    from TotalRegistratorLib.io.outputs import OutputFolder
 
     (tmp_path / "out").mkdir()
     with OutputFolder(tmp_path / "out") as existing:  # its parent may be read-only
@@ -290,7 +290,7 @@ def test_output_staging_is_inside_an_existing_output_folder(tmp_path):
 
 
 def test_landmark_csv_columns_by_header(tmp_path):
-    from TotalRegistratorLib.pipeline import read_landmarks
+    from TotalRegistratorLib.app.pipeline import read_landmarks
 
     (tmp_path / "points.csv").write_text("label,x,y,z,selected\nF-1,1,2,3,1\nF-2,4,5,6,0\n")
     assert read_landmarks(tmp_path / "points.csv").tolist() == [[1, 2, 3], [4, 5, 6]]

@@ -9,11 +9,11 @@ import SimpleITK as sitk
 import torch
 from single_thread import one_thread  # noqa: F401  (autouse)
 
-from TotalRegistratorLib import dataset
+from TotalRegistratorLib.core.preprocess import NETWORK_SIZE
 from TotalRegistratorLib.errors import InputError
-from TotalRegistratorLib.labels import TRAINING_STRUCTURES, read_pairs_csv, write_pairs_csv
-from TotalRegistratorLib.pairs import make_pair
-from TotalRegistratorLib.preprocess import NETWORK_SIZE
+from TotalRegistratorLib.io.labels import TRAINING_STRUCTURES, read_pairs_csv, write_pairs_csv
+from TotalRegistratorLib.learned import dataset
+from TotalRegistratorLib.simulation.pairs import make_pair
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import SimpleITK as sitk
 import torch
 from conftest import rotation, smooth_volume
 
-from TotalRegistratorLib import fields
-from TotalRegistratorLib.export import export_grid, field_to_transform, transform_to_field
-from TotalRegistratorLib.geometry import Grid
+from TotalRegistratorLib.core import fields
+from TotalRegistratorLib.core.grid import Grid
+from TotalRegistratorLib.core.itk_bridge import export_grid, field_to_transform, transform_to_field
 
 
 def smooth_field(grid: Grid, amplitude: float = 6.0) -> torch.Tensor:

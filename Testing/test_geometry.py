@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from conftest import rotation
 
-from TotalRegistratorLib import fields
-from TotalRegistratorLib.geometry import Grid, matrix_apply, physical_bounding_box
+from TotalRegistratorLib.core import fields
+from TotalRegistratorLib.core.grid import Grid, matrix_apply, physical_bounding_box
 
 
 def sitk_points(grid: Grid, indices: np.ndarray) -> np.ndarray:

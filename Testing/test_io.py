@@ -13,9 +13,10 @@ import SimpleITK as sitk
 import torch
 from conftest import rotation, shared_file, smooth_volume, torso
 
-from TotalRegistratorLib import fields, io, preprocess
+from TotalRegistratorLib.core import fields, preprocess
+from TotalRegistratorLib.core.grid import Grid, physical_bounding_box
 from TotalRegistratorLib.errors import InputError
-from TotalRegistratorLib.geometry import Grid, physical_bounding_box
+from TotalRegistratorLib.io import images, outputs
 
 # --- reading real data -------------------------------------------------------------------------------
 
@@ -26,7 +27,7 @@ def centroid(image: sitk.Image, mask: np.ndarray) -> np.ndarray:
 
 def test_read_dicom_series_folder():
     folder = shared_file("totalsegmentator/example_ct_dicom")
-    image = io.read_image(folder)
+    image = images.read_image(folder)
     assert image.GetSize() == (512, 512, 20)
     assert image.GetPixelID() == sitk.sitkFloat32
     np.testing.assert_allclose(image.GetSpacing(), (0.9765625, 0.9765625, 2.0), atol=1e-6)
@@ -41,8 +42,8 @@ def test_read_dicom_series_folder():
 
 def test_dicom_geometry_matches_its_label_map():
     """The TotalSegmentator labels (a NIfTI with a flipped y axis) land on the right anatomy in the DICOM."""
-    image = io.read_image(shared_file("totalsegmentator/example_ct_dicom"))
-    seg = io.read_image(shared_file("totalsegmentator/example_seg_dicom.nii.gz"), labels=True)
+    image = images.read_image(shared_file("totalsegmentator/example_ct_dicom"))
+    seg = images.read_image(shared_file("totalsegmentator/example_seg_dicom.nii.gz"), labels=True)
     assert seg.GetPixelID() == sitk.sitkUInt8
     np.testing.assert_allclose(np.sort(Grid.from_image(image).corners(), 0), np.sort(Grid.from_image(seg).corners(), 0),
                                atol=1e-3)
@@ -64,8 +65,8 @@ def test_dicom_geometry_matches_its_label_map():
 def test_write_read_round_trip_keeps_geometry(tmp_path, oblique_grid, suffix):
     image = smooth_volume(Grid((12, 10, 8), oblique_grid.spacing, oblique_grid.origin, oblique_grid.direction))
     path = tmp_path / f"scan.v2{suffix}"
-    io.write_image(image, path)
-    back = io.read_image(path)
+    images.write_image(image, path)
+    back = images.read_image(path)
     assert back.GetSize() == image.GetSize()
     np.testing.assert_allclose(back.GetSpacing(), image.GetSpacing(), atol=1e-5)
     np.testing.assert_allclose(back.GetOrigin(), image.GetOrigin(), atol=1e-4)
@@ -77,25 +78,25 @@ def test_write_read_round_trip_keeps_geometry(tmp_path, oblique_grid, suffix):
 def test_label_round_trip_keeps_integer_type(tmp_path, oblique_grid):
     labels = sitk.GetImageFromArray(np.arange(8 * 6 * 5, dtype=np.uint8).reshape(5, 6, 8) % 7)
     Grid((8, 6, 5), oblique_grid.spacing, oblique_grid.origin, oblique_grid.direction).apply_to(labels)
-    io.write_image(labels, tmp_path / "labels.nii.gz")
-    back = io.read_image(tmp_path / "labels.nii.gz", labels=True)
+    images.write_image(labels, tmp_path / "labels.nii.gz")
+    back = images.read_image(tmp_path / "labels.nii.gz", labels=True)
     assert back.GetPixelID() == sitk.sitkUInt8
     np.testing.assert_array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(labels))
     # floating label maps are cast to integers
-    io.write_image(sitk.Cast(labels, sitk.sitkFloat32), tmp_path / "float_labels.nrrd")
-    back = io.read_image(tmp_path / "float_labels.nrrd", labels=True)
+    images.write_image(sitk.Cast(labels, sitk.sitkFloat32), tmp_path / "float_labels.nrrd")
+    back = images.read_image(tmp_path / "float_labels.nrrd", labels=True)
     assert back.GetPixelID() == sitk.sitkUInt16
     np.testing.assert_array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(labels))
 
 
 def test_transform_round_trip(tmp_path):
     transform = sitk.Euler3DTransform((1.0, 2.0, 3.0), 0.1, -0.2, 0.3, (4.0, -5.0, 6.0))
-    io.write_transform(transform, tmp_path / "t.tfm")
-    back = io.read_transform(tmp_path / "t.tfm")
+    images.write_transform(transform, tmp_path / "t.tfm")
+    back = images.read_transform(tmp_path / "t.tfm")
     for p in [(0.0, 0.0, 0.0), (10.0, -20.0, 30.0)]:
         np.testing.assert_allclose(back.TransformPoint(p), transform.TransformPoint(p), atol=1e-9)
     with pytest.raises(InputError, match="no such transform"):
-        io.read_transform(tmp_path / "missing.tfm")
+        images.read_transform(tmp_path / "missing.tfm")
 
 
 # --- atomic writes and permissions --------------------------------------------------------------------
@@ -114,7 +115,7 @@ def test_write_image_is_atomic_when_writing_fails(tmp_path, monkeypatch, oblique
     monkeypatch.setattr(sitk, "WriteImage", failing_write)
     target = tmp_path / "out" / "moved.nii.gz"
     with pytest.raises(RuntimeError, match="disk full"):
-        io.write_image(image, target)
+        images.write_image(image, target)
     assert written and os.path.dirname(written[0]) == str(target.parent)  # wrote beside the target
     assert written[0] != str(target)
     assert list(target.parent.iterdir()) == []  # neither the target nor the temporary file
@@ -122,7 +123,7 @@ def test_write_image_is_atomic_when_writing_fails(tmp_path, monkeypatch, oblique
     # an existing target keeps its old content
     target.write_bytes(b"old")
     with pytest.raises(RuntimeError):
-        io.write_image(image, target)
+        images.write_image(image, target)
     assert target.read_bytes() == b"old"
     assert [p.name for p in target.parent.iterdir()] == ["moved.nii.gz"]
 
@@ -131,12 +132,12 @@ def test_written_files_get_normal_permissions(tmp_path):
     old = os.umask(0o022)
     try:
         image = smooth_volume(Grid((6, 5, 4), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0)))
-        io.write_image(image, tmp_path / "a.nii.gz")
-        io.write_transform(sitk.TranslationTransform(3, (1.0, 2.0, 3.0)), tmp_path / "t.tfm")
+        images.write_image(image, tmp_path / "a.nii.gz")
+        images.write_transform(sitk.TranslationTransform(3, (1.0, 2.0, 3.0)), tmp_path / "t.tfm")
         for name in ("a.nii.gz", "t.tfm"):
             assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
         os.umask(0o002)
-        io.write_image(image, tmp_path / "b.mha")
+        images.write_image(image, tmp_path / "b.mha")
         assert stat.S_IMODE((tmp_path / "b.mha").stat().st_mode) == 0o664
     finally:
         os.umask(old)
@@ -146,7 +147,7 @@ def test_output_folder_leaves_the_target_untouched_when_the_block_raises(tmp_pat
     target = tmp_path / "results"
     target.mkdir()
     (target / "old.txt").write_text("old")
-    with pytest.raises(ValueError, match="boom"), io.OutputFolder(target) as out:
+    with pytest.raises(ValueError, match="boom"), outputs.OutputFolder(target) as out:
         (out / "old.txt").write_text("new")
         (out / "extra.txt").write_text("extra")
         assert not (target / "extra.txt").exists()  # staged, not yet in place
@@ -158,45 +159,46 @@ def test_output_folder_leaves_the_target_untouched_when_the_block_raises(tmp_pat
 
 def test_output_folder_moves_outputs_into_place_on_success(tmp_path):
     target = tmp_path / "new" / "results"
-    with io.OutputFolder(target) as out:
+    with outputs.OutputFolder(target) as out:
         (out / "a.txt").write_text("a")
-        io.write_image(smooth_volume(Grid((5, 4, 3), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))), out / "b.nii.gz")
+        images.write_image(smooth_volume(Grid((5, 4, 3), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))), out / "b.nii.gz")
         assert not target.exists()
     assert sorted(p.name for p in target.iterdir()) == ["a.txt", "b.nii.gz"]
     assert sorted(p.name for p in target.parent.iterdir()) == ["results"]
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match="is a file"):
-        io.OutputFolder(tmp_path / "file")
+        outputs.OutputFolder(tmp_path / "file")
 
 
 def test_output_folder_replaces_the_outputs_of_an_earlier_run(tmp_path):
     target = tmp_path / "results"
-    with io.OutputFolder(target, replaces=("a.txt", "labels.txt")) as out:
+    with outputs.OutputFolder(target, replaces=("a.txt", "labels.txt")) as out:
         (out / "a.txt").write_text("first")
         (out / "labels.txt").write_text("first")
     (target / "notes.txt").write_text("the user's")
-    with io.OutputFolder(target, replaces=("a.txt", "labels.txt")) as out:
+    with outputs.OutputFolder(target, replaces=("a.txt", "labels.txt")) as out:
         (out / "a.txt").write_text("second")  # this run has no labels
     assert sorted(p.name for p in target.iterdir()) == ["a.txt", "notes.txt"]
     assert (target / "a.txt").read_text() == "second"
 
 
 def test_output_folder_removes_the_parents_it_made_when_the_block_raises(tmp_path):
-    with pytest.raises(ValueError), io.OutputFolder(tmp_path / "new" / "deeper" / "results") as out:
+    with pytest.raises(ValueError), outputs.OutputFolder(tmp_path / "new" / "deeper" / "results") as out:
         (out / "a.txt").write_text("a")
         raise ValueError("boom")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_output_file_checks_name_the_file_and_the_problem(tmp_path):
-    assert io.check_output_file(tmp_path / "new" / "out.nrrd", io.IMAGE_SUFFIXES) == tmp_path / "new" / "out.nrrd"
+    target = tmp_path / "new" / "out.nrrd"
+    assert outputs.check_output_file(target, outputs.IMAGE_SUFFIXES) == target
     with pytest.raises(InputError, match=r"out\.png: cannot write this format; use \.nii\.gz"):
-        io.check_output_file(tmp_path / "out.png", io.IMAGE_SUFFIXES)
+        outputs.check_output_file(tmp_path / "out.png", outputs.IMAGE_SUFFIXES)
     with pytest.raises(InputError, match="is a folder"):
-        io.check_output_file(tmp_path, io.IMAGE_SUFFIXES)
+        outputs.check_output_file(tmp_path, outputs.IMAGE_SUFFIXES)
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match="cannot be created in"):
-        io.check_output_file(tmp_path / "file" / "out.nii.gz")
+        outputs.check_output_file(tmp_path / "file" / "out.nii.gz")
     assert not list((tmp_path).glob("new"))
 
 
@@ -210,7 +212,7 @@ def write_raw(image: sitk.Image, path) -> str:
 
 def input_error(path) -> str:
     with pytest.raises(InputError) as info:
-        io.read_image(path)
+        images.read_image(path)
     message = str(info.value)
     assert message.startswith(str(path)), message
     assert "\n" not in message
@@ -236,7 +238,7 @@ def test_read_image_errors_name_the_file(tmp_path):
     constant = sitk.GetImageFromArray(np.full((4, 5, 6), -1000, np.int16))
     assert "constant" in input_error(write_raw(constant, tmp_path / "constant.nii.gz"))
     # a constant label map is fine (for example all background)
-    assert io.read_image(tmp_path / "constant.nii.gz", labels=True).GetSize() == (6, 5, 4)
+    assert images.read_image(tmp_path / "constant.nii.gz", labels=True).GetSize() == (6, 5, 4)
 
     garbage = tmp_path / "garbage.nii.gz"
     garbage.write_bytes(b"not an image at all")
@@ -317,7 +319,7 @@ def test_network_grid_covers_the_body_box():
     grid = Grid(TORSO_GRID.size, TORSO_GRID.spacing, (-140.0, -90.0, -70.0), tuple(direction.ravel()))
     image, _ = torso_on_table(grid)
     mask = preprocess.body_mask(image)
-    net = preprocess.network_grid(image, mask)
+    net = preprocess.network_grid(preprocess.Scan(image))
     assert net.size == preprocess.NETWORK_SIZE == (128, 96, 160)
     assert net.shape == (160, 96, 128)
     np.testing.assert_allclose(net.direction_matrix, np.eye(3))  # LPS-aligned whatever the scan's direction
@@ -342,22 +344,22 @@ def test_normalize_intensity():
 def test_float_label_maps_must_hold_whole_numbers(tmp_path):
     values = np.zeros((4, 5, 6), np.float32)
     values[1:3, 1:4, 1:5] = 7.0
-    io.write_image(sitk.GetImageFromArray(values), tmp_path / "whole.nrrd")
-    labels = io.read_image(tmp_path / "whole.nrrd", labels=True)
+    images.write_image(sitk.GetImageFromArray(values), tmp_path / "whole.nrrd")
+    labels = images.read_image(tmp_path / "whole.nrrd", labels=True)
     assert labels.GetPixelID() == sitk.sitkUInt16 and int(sitk.GetArrayFromImage(labels).max()) == 7
     values[2, 2, 2] = 0.9999  # linearly resampled: truncation would silently make it background
-    io.write_image(sitk.GetImageFromArray(values), tmp_path / "fraction.nrrd")
+    images.write_image(sitk.GetImageFromArray(values), tmp_path / "fraction.nrrd")
     with pytest.raises(InputError, match=r"fraction\.nrrd: label map holds values that are not whole numbers"):
-        io.read_image(tmp_path / "fraction.nrrd", labels=True)
+        images.read_image(tmp_path / "fraction.nrrd", labels=True)
     values[2, 2, 2] = -1.0
-    io.write_image(sitk.GetImageFromArray(values), tmp_path / "negative.nrrd")
+    images.write_image(sitk.GetImageFromArray(values), tmp_path / "negative.nrrd")
     with pytest.raises(InputError, match=r"negative\.nrrd: label values must lie in 0\.\.65535, got -1\.\.7"):
-        io.read_image(tmp_path / "negative.nrrd", labels=True)
+        images.read_image(tmp_path / "negative.nrrd", labels=True)
 
 
 def test_reports_are_strict_json():
     report = {"dice": {"1": np.float32(0.5), "2": float("nan")}, "n": np.int64(3), "path": Path("a/b"),
               "values": np.array([1.0, np.inf])}
-    text = io.to_json(report)
+    text = outputs.to_json(report)
     assert json.loads(text) == {"dice": {"1": 0.5, "2": None}, "n": 3, "path": "a/b", "values": [1.0, None]}
     assert "NaN" not in text and "Infinity" not in text

@@ -10,7 +10,7 @@ import SimpleITK as sitk
 from conftest import shared_file
 
 from TotalRegistratorLib.errors import InputError
-from TotalRegistratorLib.labels import (
+from TotalRegistratorLib.io.labels import (
     LABELS,
     REGIONS,
     SOURCE_TO_STRUCTURE,

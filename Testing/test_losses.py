@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 from single_thread import one_thread  # noqa: F401  (autouse)
 
-from TotalRegistratorLib.cascade import Mapping, apply_block, voxels_to_mm
-from TotalRegistratorLib.geometry import Grid
-from TotalRegistratorLib.losses import LossWeights, backward, present, soft_dice_loss
-from TotalRegistratorLib.networks import AffineNet, UNet
-from TotalRegistratorLib.regularization import bending_energy
-from TotalRegistratorLib.similarity import mutual_information
+from TotalRegistratorLib.core.grid import Grid
+from TotalRegistratorLib.learned.cascade import Mapping, apply_block, voxels_to_mm
+from TotalRegistratorLib.learned.losses import LossWeights, backward, present, soft_dice_loss
+from TotalRegistratorLib.learned.networks import AffineNet, UNet
+from TotalRegistratorLib.optimization.regularization import bending_energy
+from TotalRegistratorLib.optimization.similarity import mutual_information
 
 SIZE = (16, 12, 20)
 FIXED = Grid(SIZE, (3.0, 3.0, 4.0), (0.0, 0.0, 0.0))

@@ -10,9 +10,9 @@ import SimpleITK as sitk
 import torch
 from conftest import rotation
 
-from TotalRegistratorLib import fields
-from TotalRegistratorLib.geometry import Grid
-from TotalRegistratorLib.metrics import dice, jacobian_statistics, target_registration_error
+from TotalRegistratorLib.core import fields
+from TotalRegistratorLib.core.grid import Grid
+from TotalRegistratorLib.core.metrics import dice, jacobian_statistics, target_registration_error
 
 # --- Dice -----------------------------------------------------------------------------------------
 

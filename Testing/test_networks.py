@@ -6,7 +6,7 @@ import torch
 from single_thread import one_thread  # noqa: F401  (autouse)
 from torch import nn
 
-from TotalRegistratorLib.networks import AffineNet, UNet, count_parameters
+from TotalRegistratorLib.learned.networks import AffineNet, UNet, count_parameters
 
 
 def test_unet_layers_match_the_paper():

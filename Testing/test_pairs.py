@@ -8,12 +8,13 @@ import SimpleITK as sitk
 import torch
 from single_thread import one_thread  # noqa: F401  (autouse)
 
-from TotalRegistratorLib import fields, pairs, phantom
+from TotalRegistratorLib.core import fields
+from TotalRegistratorLib.core.grid import Grid
+from TotalRegistratorLib.core.metrics import dice
 from TotalRegistratorLib.errors import InputError
-from TotalRegistratorLib.geometry import Grid
-from TotalRegistratorLib.io import read_transform
-from TotalRegistratorLib.labels import read_pairs_csv, write_pairs_csv
-from TotalRegistratorLib.metrics import dice
+from TotalRegistratorLib.io.images import read_transform
+from TotalRegistratorLib.io.labels import read_pairs_csv, write_pairs_csv
+from TotalRegistratorLib.simulation import pairs, phantom
 
 
 def warped_dice(fixed_labels: sitk.Image, moving_labels: sitk.Image, transform: sitk.Transform) -> dict[int, float]:
@@ -102,8 +103,8 @@ def test_same_seed_same_pair():
 def test_deform_real_scan():
     from conftest import shared_file
 
-    from TotalRegistratorLib.io import read_image
-    from TotalRegistratorLib.labels import read_structures
+    from TotalRegistratorLib.io.images import read_image
+    from TotalRegistratorLib.io.labels import read_structures
 
     image = read_image(shared_file("totalsegmentator/example_ct_sm.nii.gz"))
     labels = read_structures(shared_file("totalsegmentator/example_seg.nii.gz"), "totalsegmentator")

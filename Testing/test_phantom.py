@@ -7,9 +7,9 @@ import pytest
 import SimpleITK as sitk
 from single_thread import one_thread  # noqa: F401  (autouse)
 
-from TotalRegistratorLib import phantom
-from TotalRegistratorLib.geometry import Grid
-from TotalRegistratorLib.labels import LABELS
+from TotalRegistratorLib.core.grid import Grid
+from TotalRegistratorLib.io.labels import LABELS
+from TotalRegistratorLib.simulation import phantom
 
 # plausible adult ranges: volume (ml) and mean HU in portal-venous phase
 EXPECTED = {
@@ -128,7 +128,7 @@ def test_contrast_phases():
 
 
 def test_table_is_separate_from_the_body():
-    from TotalRegistratorLib.preprocess import body_mask
+    from TotalRegistratorLib.core.preprocess import body_mask
 
     result = scan(5)
     hu = sitk.GetArrayFromImage(result.image)

@@ -8,12 +8,13 @@ import SimpleITK as sitk
 import torch
 from conftest import deformed_pair, rotation, shared_file, torso
 
-from TotalRegistratorLib import io, metrics, preprocess
-from TotalRegistratorLib.export import transform_to_field
-from TotalRegistratorLib.fields import affine_field
-from TotalRegistratorLib.geometry import Grid
-from TotalRegistratorLib.optimize import OptimizationSettings
-from TotalRegistratorLib.registration import Result, register, resample_moving
+from TotalRegistratorLib.core import metrics, preprocess
+from TotalRegistratorLib.core.fields import affine_field
+from TotalRegistratorLib.core.grid import Grid
+from TotalRegistratorLib.core.itk_bridge import transform_to_field
+from TotalRegistratorLib.io import images
+from TotalRegistratorLib.optimization.instance import Result, register, resample_moving
+from TotalRegistratorLib.optimization.optimizer import OptimizationSettings
 
 FAST = OptimizationSettings(affine_iterations=(40, 20), deformable_iterations=(40, 15), spacing=3.5)
 GRID = Grid((64, 48, 48), (3.5, 3.5, 3.5), (-110.0, -82.0, -84.0))
@@ -73,8 +74,8 @@ def test_ras_nifti_and_lps_mha_give_identical_results(tmp_path):
     ras.SetOrigin(moving.TransformIndexToPhysicalPoint([moving.GetSize()[0] - 1, moving.GetSize()[1] - 1, 0]))
     nifti = tmp_path / "moving.nii.gz"
     sitk.WriteImage(ras, str(nifti))
-    results = [register(fixed, io.read_image(path), FAST) for path in (lps, nifti)]
-    assert Grid.from_image(io.read_image(nifti)).direction != Grid.from_image(io.read_image(lps)).direction
+    results = [register(fixed, images.read_image(path), FAST) for path in (lps, nifti)]
+    assert Grid.from_image(images.read_image(nifti)).direction != Grid.from_image(images.read_image(lps)).direction
     fields = [exported_field(r) for r in results]
     assert np.abs(fields[0] - fields[1]).max() < 0.05
     warped = [sitk.GetArrayFromImage(resample_moving(r.moving, fixed, r.transform())) for r in results]
@@ -82,10 +83,10 @@ def test_ras_nifti_and_lps_mha_give_identical_results(tmp_path):
 
 
 def test_exact_rigid_geometry_on_real_chest_ct():
-    fixed = io.read_image(shared_file("chestimagingplatform/ct-64.nrrd"))
-    moving = io.read_image(shared_file("chestimagingplatform/ct-64-transformed.nrrd"))
-    fixed_lungs = io.read_image(shared_file("chestimagingplatform/lm-64.nrrd"), labels=True)
-    moving_lungs = io.read_image(shared_file("chestimagingplatform/lm-64-transformed.nrrd"), labels=True)
+    fixed = images.read_image(shared_file("chestimagingplatform/ct-64.nrrd"))
+    moving = images.read_image(shared_file("chestimagingplatform/ct-64-transformed.nrrd"))
+    fixed_lungs = images.read_image(shared_file("chestimagingplatform/lm-64.nrrd"), labels=True)
+    moving_lungs = images.read_image(shared_file("chestimagingplatform/lm-64-transformed.nrrd"), labels=True)
     result = register(fixed, moving, FAST)
     warped = resample_moving(moving_lungs, fixed, result.transform(), labels=True)
     a = sitk.GetArrayFromImage(fixed_lungs) > 0
@@ -105,8 +106,8 @@ def test_exact_rigid_geometry_on_real_chest_ct():
 
 @pytest.fixture(scope="module")
 def real_deformation():
-    image = io.read_image(shared_file("totalsegmentator/example_ct_sm.nii.gz"))
-    labels = io.read_image(shared_file("totalsegmentator/example_seg.nii.gz"), labels=True)
+    image = images.read_image(shared_file("totalsegmentator/example_ct_sm.nii.gz"))
+    labels = images.read_image(shared_file("totalsegmentator/example_seg.nii.gz"), labels=True)
     fixed, fixed_labels, truth = deformed_pair(image, labels, amplitude=10.0, degrees=4.0, shift=(5.0, -4.0, 3.0))
     result = register(fixed, image, OptimizationSettings(spacing=3.0))
     return fixed, fixed_labels, labels, truth, result

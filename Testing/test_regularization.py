@@ -13,8 +13,8 @@ import pytest
 import torch
 from conftest import rotation
 
-from TotalRegistratorLib.geometry import Grid
-from TotalRegistratorLib.regularization import bending_energy, diffusion
+from TotalRegistratorLib.core.grid import Grid
+from TotalRegistratorLib.optimization.regularization import bending_energy, diffusion
 
 A = np.array([[0.05, -0.12, 0.03], [0.08, 0.02, -0.04], [-0.06, 0.1, 0.07]])
 SHIFT = np.array([3.0, -2.0, 5.0])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from TotalRegistratorLib import runtime
+from TotalRegistratorLib.core import runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the allocator settings are glibc's")
 def test_allocator_settings_take_effect():
     # a fresh process: configure() runs once per process and the test session has already run it
-    done = subprocess.run([sys.executable, "-c", "from TotalRegistratorLib import runtime; print(runtime.configure())"],
+    code = "from TotalRegistratorLib.core import runtime; print(runtime.configure())"
+    done = subprocess.run([sys.executable, "-c", code],
                           capture_output=True, text=True, cwd=ROOT, check=True)
     assert done.stdout.strip() == "True", "mallopt refused a setting"
     for value in (runtime.MMAP_THRESHOLD, runtime.TRIM_THRESHOLD):  # ctypes would wrap a larger int silently

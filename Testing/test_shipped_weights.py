@@ -13,14 +13,14 @@ import pytest
 import SimpleITK as sitk
 from single_thread import one_thread  # noqa: F401  (autouse)
 
-from TotalRegistratorLib import metrics
-from TotalRegistratorLib.cascade import BLOCKS, run_cascade
-from TotalRegistratorLib.cli import main
-from TotalRegistratorLib.labels import LABELS, TRAINING_STRUCTURES
-from TotalRegistratorLib.pairs import make_pair
-from TotalRegistratorLib.pipeline import field_summary, load_cascade, shipped_blocks
-from TotalRegistratorLib.preprocess import NETWORK_SIZE
-from TotalRegistratorLib.registration import resample_moving
+from TotalRegistratorLib.app.cli import main
+from TotalRegistratorLib.app.pipeline import field_summary, load_cascade, shipped_blocks
+from TotalRegistratorLib.core import metrics
+from TotalRegistratorLib.core.preprocess import NETWORK_SIZE
+from TotalRegistratorLib.io.labels import LABELS, TRAINING_STRUCTURES
+from TotalRegistratorLib.learned.cascade import BLOCKS, run_cascade
+from TotalRegistratorLib.optimization.instance import resample_moving
+from TotalRegistratorLib.simulation.pairs import make_pair
 
 pytestmark = pytest.mark.skipif(not shipped_blocks(), reason="no cascade weights in Resources/weights")
 VALIDATION_SEED = 10_000  # benchmarks/compare.py SEED_BASE

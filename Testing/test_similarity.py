@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from TotalRegistratorLib import similarity
-from TotalRegistratorLib.similarity import (
+from TotalRegistratorLib.optimization import similarity
+from TotalRegistratorLib.optimization.similarity import (
     box_sum,
     local_ncc,
     local_statistics,

@@ -13,12 +13,12 @@ import pytest
 import torch
 from single_thread import one_thread  # noqa: F401  (autouse)
 
-from TotalRegistratorLib.cascade import Cascade, load_block
-from TotalRegistratorLib.dataset import PairDataset, network_grids
+from TotalRegistratorLib.core.preprocess import body_grid, body_mask
 from TotalRegistratorLib.errors import InputError
-from TotalRegistratorLib.io import read_image
-from TotalRegistratorLib.preprocess import body_grid, body_mask
-from TotalRegistratorLib.training import Trainer, TrainSettings, epoch_order, main, phantom_pairs
+from TotalRegistratorLib.io.images import read_image
+from TotalRegistratorLib.learned.cascade import Cascade, load_block
+from TotalRegistratorLib.learned.dataset import PairDataset, network_grids
+from TotalRegistratorLib.learned.training import Trainer, TrainSettings, epoch_order, main, phantom_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = (32, 24, 40)

@@ -2,8 +2,8 @@
 
 A plain Python library (it never imports slicer or Qt): geometry and I/O, field
 warping and export to ITK, instance optimisation, metrics and the command line.
-Conventions are stated in :mod:`TotalRegistratorLib.geometry` and
-:mod:`TotalRegistratorLib.fields`.
+Conventions are stated in :mod:`TotalRegistratorLib.core.grid` and
+:mod:`TotalRegistratorLib.core.fields`.
 """
 
 import os

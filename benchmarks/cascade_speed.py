@@ -26,12 +26,12 @@ import time
 
 import torch
 
-from TotalRegistratorLib import runtime
-from TotalRegistratorLib.cascade import BLOCKS, Cascade, Mapping, block_config, build_network
-from TotalRegistratorLib.geometry import Grid
-from TotalRegistratorLib.labels import TRAINING_STRUCTURES
-from TotalRegistratorLib.preprocess import NETWORK_SIZE
-from TotalRegistratorLib.training import PRECEDING, Trainer, TrainSettings
+from TotalRegistratorLib.core import runtime
+from TotalRegistratorLib.core.grid import Grid
+from TotalRegistratorLib.core.preprocess import NETWORK_SIZE
+from TotalRegistratorLib.io.labels import TRAINING_STRUCTURES
+from TotalRegistratorLib.learned.cascade import BLOCKS, Cascade, Mapping, block_config, build_network
+from TotalRegistratorLib.learned.training import PRECEDING, Trainer, TrainSettings
 
 FIXED = Grid(NETWORK_SIZE, (3.5, 2.8, 4.2), (-220.0, -130.0, -600.0))
 MOVING = Grid(NETWORK_SIZE, (3.4, 2.9, 4.0), (-215.0, -135.0, -590.0))

@@ -53,14 +53,15 @@ REPO = Path(__file__).resolve().parents[1]
 # install points at another checkout (a git worktree measuring a fixed commit)
 sys.path.insert(0, str(REPO))
 os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
-from TotalRegistratorLib import io, metrics, preprocess  # noqa: E402
-from TotalRegistratorLib.cascade import BLOCKS  # noqa: E402
-from TotalRegistratorLib.export import field_to_image, image_to_field, transform_to_field  # noqa: E402
-from TotalRegistratorLib.geometry import Grid  # noqa: E402
-from TotalRegistratorLib.labels import LABELS, STRUCTURES, TRAINING_STRUCTURES, read_structures  # noqa: E402
-from TotalRegistratorLib.pairs import KINDS, Pair, deform_scan, make_pair  # noqa: E402
-from TotalRegistratorLib.pipeline import field_summary, shipped_blocks  # noqa: E402
-from TotalRegistratorLib.registration import resample_moving  # noqa: E402
+from TotalRegistratorLib.app.pipeline import field_summary, shipped_blocks  # noqa: E402
+from TotalRegistratorLib.core import metrics, preprocess  # noqa: E402
+from TotalRegistratorLib.core.grid import Grid  # noqa: E402
+from TotalRegistratorLib.core.itk_bridge import field_to_image, image_to_field, transform_to_field  # noqa: E402
+from TotalRegistratorLib.io import images  # noqa: E402
+from TotalRegistratorLib.io.labels import LABELS, STRUCTURES, TRAINING_STRUCTURES, read_structures  # noqa: E402
+from TotalRegistratorLib.learned.cascade import BLOCKS  # noqa: E402
+from TotalRegistratorLib.optimization.instance import resample_moving  # noqa: E402
+from TotalRegistratorLib.simulation.pairs import KINDS, Pair, deform_scan, make_pair  # noqa: E402
 
 BASELINES = REPO / "benchmarks" / "baselines"
 SHARED = REPO.parent / "shared" / "data"
@@ -153,11 +154,11 @@ def read_real(source: str) -> tuple[sitk.Image, sitk.Image]:
     """A real scan from ../shared/data and its label map in our structure ids."""
     if source == "torso":
         folder = SHARED / "totalsegmentator"
-        return io.read_image(folder / "example_ct_sm.nii.gz"), read_structures(folder / "example_seg.nii.gz",
+        return images.read_image(folder / "example_ct_sm.nii.gz"), read_structures(folder / "example_seg.nii.gz",
                                                                                 "totalsegmentator")
     folder = SHARED / "chestimagingplatform"
-    lungs = io.read_image(folder / "wholeLung-64.nrrd", labels=True) > 0
-    return io.read_image(folder / "ct-64.nrrd"), sitk.Cast(lungs, sitk.sitkUInt8) * LABELS["lung"]
+    lungs = images.read_image(folder / "wholeLung-64.nrrd", labels=True) > 0
+    return images.read_image(folder / "ct-64.nrrd"), sitk.Cast(lungs, sitk.sitkUInt8) * LABELS["lung"]
 
 
 REAL_SOURCES = {"torso": "totalsegmentator/example_ct_sm.nii.gz", "chest": "chestimagingplatform/ct-64.nrrd"}
@@ -203,7 +204,7 @@ def prepare(spec: PairSpec, folder: Path) -> Prepared:
     folder.mkdir(parents=True, exist_ok=True)
     paths = folder / "fixed.mha", folder / "moving.mha"
     for image, path in zip((pair.fixed, pair.moving), paths):
-        io.write_image(image, path, compress=False)
+        images.write_image(image, path, compress=False)
     body = preprocess.body_mask(pair.fixed)
     truth_body = landmarks = None
     if pair.field is not None:
@@ -229,7 +230,7 @@ def run_method(method: Method, prepared: Prepared, out: Path, threads: int, time
     start = time.perf_counter()
     if method.venv is None:
         grid = Grid.from_image(prepared.pair.fixed)
-        io.write_image(field_to_image(torch.zeros(1, 3, *grid.shape), grid), out / protocol.FIELD, compress=False)
+        images.write_image(field_to_image(torch.zeros(1, 3, *grid.shape), grid), out / protocol.FIELD, compress=False)
         report = {"seconds": 0.0, "peak_memory_mb": math.nan, "threads": 0, "versions": {}}
     else:
         command = [str(method.python), str(BASELINES / method.script), str(prepared.fixed_path),

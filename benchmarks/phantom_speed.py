@@ -12,8 +12,8 @@ import time
 
 import torch
 
-from TotalRegistratorLib.pairs import make_pair
-from TotalRegistratorLib.preprocess import NETWORK_SIZE
+from TotalRegistratorLib.core.preprocess import NETWORK_SIZE
+from TotalRegistratorLib.simulation.pairs import make_pair
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 The pair is ../shared/data/totalsegmentator/example_ct.nii.gz (moving) and the
 same scan deformed by a simulated breathing and pose change with a known field
-(fixed; TotalRegistratorLib.pairs.deform_scan). Every run is a fresh process,
+(fixed; TotalRegistratorLib.simulation.pairs.deform_scan). Every run is a fresh process,
 exactly as a user runs the command line, so peak memory is that of one run.
 
     .venv/bin/python benchmarks/register_torso.py --runs 3 [-- REGISTER OPTIONS, e.g. --no-refine]
@@ -22,9 +22,10 @@ from pathlib import Path
 import SimpleITK as sitk
 import torch
 
-from TotalRegistratorLib import io, preprocess
-from TotalRegistratorLib.pairs import deform_scan
-from TotalRegistratorLib.pipeline import run_evaluate
+from TotalRegistratorLib.app.pipeline import run_evaluate
+from TotalRegistratorLib.core import preprocess
+from TotalRegistratorLib.io import images
+from TotalRegistratorLib.simulation.pairs import deform_scan
 
 TORSO = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalsegmentator" / "example_ct.nii.gz"
 # table column -> report timing keys summed into it (instance optimisation's keys start with refine_ after a cascade)
@@ -34,7 +35,7 @@ STAGES = {"read": ("read",), "preprocess": ("preprocess", "refine_preprocess"), 
 
 
 def make_pair(folder: Path, seed: int) -> dict[str, Path]:
-    image = io.read_image(TORSO)
+    image = images.read_image(TORSO)
     pair = deform_scan(image, None, seed)
     paths = {name: folder / f"{name}.nii.gz" for name in ("fixed", "moving", "body")}
     sitk.WriteImage(pair.fixed, str(paths["fixed"]))

@@ -26,12 +26,13 @@ def main() -> None:
     args = protocol.parse(__doc__.splitlines()[0], options)
     import torch
 
-    from TotalRegistratorLib import io, pipeline
-    from TotalRegistratorLib.export import displacement_image
-    from TotalRegistratorLib.optimize import OptimizationSettings
+    from TotalRegistratorLib.app import pipeline
+    from TotalRegistratorLib.core.itk_bridge import displacement_image
+    from TotalRegistratorLib.io import images
+    from TotalRegistratorLib.optimization.optimizer import OptimizationSettings
 
     torch.set_num_threads(args.threads)
-    fixed, moving = io.read_image(args.fixed), io.read_image(args.moving)
+    fixed, moving = images.read_image(args.fixed), images.read_image(args.moving)
     settings = OptimizationSettings(seed=args.seed, device=args.device)
     cascade = pipeline.load_cascade(args.weights, tuple(args.blocks.split(","))) if args.blocks else None
     start = time.perf_counter()
@@ -39,7 +40,7 @@ def main() -> None:
     if args.device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    io.write_image(displacement_image(result.transform()), args.out / protocol.FIELD, compress=False)
+    images.write_image(displacement_image(result.transform()), args.out / protocol.FIELD, compress=False)
     details = {"stages_s": stages}
     if args.device == "cuda":
         details["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20

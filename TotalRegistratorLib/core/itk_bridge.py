@@ -2,7 +2,7 @@
 
 The exported transform is dense, on the fixed image's grid (or a coarser grid
 over the same box), in LPS millimetres, with the pullback sense of
-:mod:`TotalRegistratorLib.fields`: ``TransformPoint(x) = x + u(x)`` maps a fixed
+:mod:`TotalRegistratorLib.core.fields`: ``TransformPoint(x) = x + u(x)`` maps a fixed
 point into the moving image. SimpleITK's ``Resample(moving, fixed, transform)``
 therefore aligns the moving image to the fixed one, and Slicer uses the file
 the same way when the moving volume is placed under it.
@@ -14,7 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .geometry import Grid
+from ..core.grid import Grid
 
 
 def export_grid(fixed: Grid, spacing: float | None = None) -> Grid:

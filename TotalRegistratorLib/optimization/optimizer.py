@@ -1,7 +1,7 @@
 """Instance optimisation: registration of one CT pair by gradient descent, no weights needed.
 
 Stages, all on LPS-aligned working grids around the bodies (see
-:mod:`TotalRegistratorLib.preprocess`):
+:mod:`TotalRegistratorLib.core.preprocess`):
 
 1. Body-centroid translation.
 2. Affine (12 parameters) about the fixed body centroid, coarse to fine.
@@ -11,9 +11,9 @@ Stages, all on LPS-aligned working grids around the bodies (see
 Only fixed voxels inside the fixed image's field of view whose mapped point lies
 inside the moving image's field of view count in the similarity, and only where
 the similarity's whole window does (masks eroded by its reach). Learning rates
-anneal within each level. The result is a pullback field in LPS mm on the fixed
-working grid (:mod:`TotalRegistratorLib.fields` convention), which the caller
-exports onto the fixed image's own grid.
+anneal within each level. The result is a
+:class:`~TotalRegistratorLib.core.transform.Transform`: the affine stage's matrix
+plus a residual field (LPS mm) on the fixed working grid.
 """
 
 from __future__ import annotations
@@ -26,11 +26,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import fields, runtime, similarity
-from .errors import InputError
-from .geometry import Grid, matrix_apply
-from .preprocess import Prepared
-from .regularization import diffusion
+from ..core import fields, runtime
+from ..core.grid import Grid, matrix_apply
+from ..core.preprocess import Prepared
+from ..core.transform import Transform
+from ..errors import InputError
+from ..optimization import similarity
+from ..optimization.regularization import diffusion
 
 Progress = Callable[[str, int, int], None]
 """Called as ``progress(stage, done, total)`` while a stage runs."""
@@ -179,17 +181,13 @@ def _step(level: Level, points: torch.Tensor, domain: Grid, sim: Similarity) -> 
 
 
 def optimize(fixed: Prepared, moving: Prepared, settings: OptimizationSettings | None = None,
-             progress: Progress | None = None, initial: Callable[[Grid], torch.Tensor] | None = None,
-             ) -> tuple[torch.Tensor, np.ndarray | None, dict[str, float]]:
+             progress: Progress | None = None, start: Transform | None = None) -> tuple[Transform, dict[str, float]]:
     """Register ``moving`` to ``fixed`` (prepared on working grids of the same device).
 
-    ``initial`` gives a pullback field to refine (e.g. the cascade's) on any grid, as
-    [1, 3, K, J, I] mm (:meth:`Result.field_on <TotalRegistratorLib.registration.Result.field_on>`):
-    it replaces the centroid initialisation, and the affine stage then corrects
-    it globally in moving space (``x -> C(x + initial(x))``) before the
-    deformable stage. Returns the pullback field [1, 3, K, J, I] (mm, LPS) on
-    ``fixed.grid``, the 4 x 4 matrix of the affine stage (fixed->moving, or the
-    moving->moving correction ``C`` when refining ``initial``) and seconds per stage.
+    ``start`` is a map to refine (e.g. the cascade's): it replaces the centroid
+    initialisation, and the affine stage then corrects it globally in moving space
+    (``x -> C(start(x))``) before the deformable stage. Returns the map (its residual
+    on ``fixed.grid``) and seconds per stage.
     """
     settings = settings or OptimizationSettings()
     progress = progress or (lambda stage, done, total: None)
@@ -197,45 +195,34 @@ def optimize(fixed: Prepared, moving: Prepared, settings: OptimizationSettings |
     torch.manual_seed(settings.seed)
     generator = torch.Generator(device=fixed.tensor.device).manual_seed(settings.seed)
     sim = Similarity(settings.similarity, settings.ncc_radius, generator)
-    device = fixed.tensor.device
     timings: dict[str, float] = {}
 
-    start = time.perf_counter()
+    clock = time.perf_counter()
     levels = _levels(fixed, moving, (*settings.affine_levels, *settings.deformable_levels), sim)
-    timings["pyramid"] = time.perf_counter() - start
+    timings["pyramid"] = time.perf_counter() - clock
 
-    start = time.perf_counter()
-    if initial is None:
-        affine = _affine_stage(levels, fixed, moving, settings, sim, progress)
-
-        def base_on(grid: Grid) -> torch.Tensor:
-            return fields.affine_field(affine, grid, device)
+    clock = time.perf_counter()
+    if start is None:
+        base = Transform(_affine_stage(levels, fixed, moving, settings, sim, progress))
     else:
-        def initial_points(grid: Grid) -> torch.Tensor:
-            return grid.world_points(device) + initial(grid).to(device).movedim(1, -1)
+        start = start.to(fixed.tensor.device)
+        base = start.then(_affine_stage(levels, fixed, moving, settings, sim, progress, start))
+    timings["affine"] = time.perf_counter() - clock
 
-        affine = _affine_stage(levels, fixed, moving, settings, sim, progress, initial_points)
-
-        def base_on(grid: Grid) -> torch.Tensor:
-            return (matrix_apply(affine, initial_points(grid)) - grid.world_points(device)).movedim(-1, 1)
-    timings["affine"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    field_on_grid = _deformable_stage(levels, fixed, moving, settings, sim, progress, base_on)
-    timings["deformable"] = time.perf_counter() - start
-    return field_on_grid, affine, timings
+    clock = time.perf_counter()
+    transform = _deformable_stage(levels, fixed, moving, settings, sim, progress, base)
+    timings["deformable"] = time.perf_counter() - clock
+    return transform, timings
 
 
 def _affine_stage(levels: dict[int, Level], fixed: Prepared, moving: Prepared, settings: OptimizationSettings,
-                  sim: Similarity, progress: Progress,
-                  initial_points: Callable[[Grid], torch.Tensor] | None = None) -> np.ndarray:
+                  sim: Similarity, progress: Progress, start: Transform | None = None) -> np.ndarray:
     """12 affine parameters, coarse to fine: the fixed->moving matrix, starting from the centroid
-    translation and turning about the fixed centroid; or, given ``initial_points`` (a grid's points
-    [1, K, J, I, 3] already mapped into moving space), the moving->moving correction of those points,
-    starting from the identity and turning about the moving centroid.
+    translation and turning about the fixed centroid; or, given ``start``, the moving->moving correction
+    of its mapped points, starting from the identity and turning about the moving centroid.
     """
     initial = np.eye(4)
-    if initial_points is None:
+    if start is None:
         initial[:3, 3] = moving.centroid - fixed.centroid
         centre = fixed.centroid
     else:
@@ -246,8 +233,8 @@ def _affine_stage(levels: dict[int, Level], fixed: Prepared, moving: Prepared, s
     total, done = sum(settings.affine_iterations), 0
     for factor, iterations in zip(settings.affine_levels, settings.affine_iterations):
         level = levels[factor]
-        world = level.grid.world_points(fixed.tensor.device) if initial_points is None \
-            else initial_points(level.grid)
+        world = level.grid.world_points(fixed.tensor.device) if start is None \
+            else start.points(level.grid, fixed.tensor.device)
         for step in range(iterations):
             anneal(optimizer, settings.affine_learning_rate, step, iterations)
             optimizer.zero_grad()
@@ -261,8 +248,8 @@ def _affine_stage(levels: dict[int, Level], fixed: Prepared, moving: Prepared, s
 
 
 def _deformable_stage(levels: dict[int, Level], fixed: Prepared, moving: Prepared, settings: OptimizationSettings,
-                      sim: Similarity, progress: Progress, base_on: Callable[[Grid], torch.Tensor]) -> torch.Tensor:
-    """A smooth residual field on top of ``base_on(grid)``, coarse to fine; the total field on ``fixed.grid``."""
+                      sim: Similarity, progress: Progress, base: Transform) -> Transform:
+    """A smooth residual field on top of ``base``, coarse to fine; ``base`` plus it on ``fixed.grid``."""
     device = fixed.tensor.device
     residual, residual_grid = None, fixed.grid
     total, done = sum(settings.deformable_iterations), 0
@@ -278,22 +265,21 @@ def _deformable_stage(levels: dict[int, Level], fixed: Prepared, moving: Prepare
         optimizer = torch.optim.Adam([residual], lr=settings.learning_rate, eps=settings.adam_eps)
         scale = float(residual[0, 0].numel())
         world = level.grid.world_points(device)
-        base = base_on(level.grid)
+        base_field = base.field_on(level.grid, device)
         for step in range(iterations):
             anneal(optimizer, settings.learning_rate, step, iterations)
             optimizer.zero_grad()
             smooth = smooth_field(residual)
-            points = world + (base + upsample(smooth, level.grid)).movedim(1, -1)
+            points = world + (base_field + upsample(smooth, level.grid)).movedim(1, -1)
             loss = _step(level, points, moving.domain, sim) + settings.smoothness * diffusion(smooth, param_grid)
             (loss * scale).backward()
             optimizer.step()
             done += 1
             progress("deformable", done, total)
         residual = smooth_field(residual.detach())
-    field_on_grid = base_on(fixed.grid)
-    if residual is not None:
-        field_on_grid = field_on_grid + fields.resample_field(residual, residual_grid, fixed.grid)
-    return field_on_grid
+    if residual is None:
+        return base
+    return base.plus(fields.resample_field(residual, residual_grid, fixed.grid), fixed.grid)
 
 
 def anneal(optimizer: torch.optim.Optimizer, peak: float, step: int, total: int, floor: float = 0.05) -> None:

@@ -14,7 +14,7 @@ Both take a 2-channel input ``[N, 2, K, J, I]`` (fixed, moving; network grid
   it would be 255,787). The last stage has no activation and starts near zero
   (weights N(0, 1e-5), zero bias), so an untrained block is the identity.
   Output: a displacement in voxels of the network grid, components (x, y, z)
-  = (i, j, k) (see :mod:`TotalRegistratorLib.cascade` for the conversion to mm).
+  = (i, j, k) (see :mod:`TotalRegistratorLib.learned.cascade` for the conversion to mm).
 * :class:`AffineNet` -- the same encoder, flattened, and one linear layer to the
   12 parameters of a 3 x 4 matrix ``theta`` acting on normalised coordinates
   (grid_sample, align_corners=True): a fixed point ``n`` samples the moving

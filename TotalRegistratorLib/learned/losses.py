@@ -2,12 +2,12 @@
 
 ``loss = alpha * MI(fixed, warped) + lambda * Dice(S_fixed, S_warped) + beta * BE(u)``
 
-* MI: :func:`~TotalRegistratorLib.similarity.mutual_information` (negative, nats)
+* MI: :func:`~TotalRegistratorLib.optimization.similarity.mutual_information` (negative, nats)
   of the fixed and warped moving network images in [0, 1].
 * Dice: mean over the block's structures present in either scan of the soft
   Dice loss ``1 - 2 |F W| / (|F| + |W|)``; the moving masks are warped with
   trilinear interpolation, so the loss has gradients.
-* BE: :func:`~TotalRegistratorLib.regularization.bending_energy` of the block's
+* BE: :func:`~TotalRegistratorLib.optimization.regularization.bending_energy` of the block's
   own displacement in mm (mm^-2, spacing-aware); the affine block has none.
 
 Defaults alpha = 1, lambda = 1, beta = 10 are ours (DESIGN.md gives the
@@ -32,9 +32,9 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from .geometry import Grid
-from .regularization import bending_energy
-from .similarity import mutual_information
+from ..core.grid import Grid
+from ..optimization.regularization import bending_energy
+from ..optimization.similarity import mutual_information
 
 MI_SAMPLES = 200_000  # voxels per MI histogram estimate
 

@@ -4,7 +4,7 @@ Order: ``affine`` first; ``bone``, ``thorax`` and ``abdomen`` each on the frozen
 affine block's output (independently, in any order or in parallel);
 ``wholebody`` on the frozen output of all four. Adam (lr 1e-4), batch 1,
 ``pairs_per_epoch`` random pairs per epoch, the loss of
-:mod:`TotalRegistratorLib.losses` over the block's structures.
+:mod:`TotalRegistratorLib.learned.losses` over the block's structures.
 
 Output folder, per block: ``<block>.pt`` (best epoch on the validation Dice,
 or on the training loss without validation data or when no validation scan
@@ -34,9 +34,13 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from . import runtime
-from .arguments import non_negative, positive
-from .cascade import (
+from ..app.arguments import non_negative, positive
+from ..core import runtime
+from ..core.preprocess import NETWORK_SIZE
+from ..errors import InputError
+from ..io.labels import TRAINING_STRUCTURES, PairRecord, read_pairs_csv, write_pairs_csv
+from ..io.outputs import atomic_path, check_output_dir
+from ..learned.cascade import (
     BLOCK_STRUCTURES,
     BLOCKS,
     Cascade,
@@ -48,12 +52,8 @@ from .cascade import (
     save_block,
     voxels_to_mm,
 )
-from .dataset import PairDataset, network_grids
-from .errors import InputError
-from .io import atomic_path, check_output_dir
-from .labels import TRAINING_STRUCTURES, PairRecord, read_pairs_csv, write_pairs_csv
-from .losses import LossWeights, backward
-from .preprocess import NETWORK_SIZE
+from ..learned.dataset import PairDataset, network_grids
+from ..learned.losses import LossWeights, backward
 
 PRECEDING: dict[str, tuple[str, ...]] = {
     "affine": (), "bone": ("affine",), "thorax": ("affine",), "abdomen": ("affine",),
@@ -134,8 +134,8 @@ def phantom_pairs(folder: str | os.PathLike, count: int, seed: int = 0, spacing:
     reused when those match, so an interrupted generation continues; pairs made with other settings
     are made again. Writes ``folder/pairs.csv`` too.
     """
-    from .pairs import KINDS, make_pair
-    from .phantom_cli import pair_seed
+    from ..app.phantom_command import pair_seed
+    from ..simulation.pairs import KINDS, make_pair
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

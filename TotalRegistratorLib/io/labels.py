@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
-from .io import atomic_path, check_same_grid, read_image
+from ..errors import InputError
+from ..io.images import check_same_grid, read_image
+from ..io.outputs import atomic_path
 
 STRUCTURES = ("lung", "heart", "liver", "kidney", "pancreas", "spleen", "stomach", "gallbladder", "prostate",
               "pelvis_bone", "vertebrae", "ribs")

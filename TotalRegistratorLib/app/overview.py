@@ -17,8 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 
-from .geometry import Grid  # noqa: E402
-from .io import atomic_path  # noqa: E402
+from ..core.grid import Grid  # noqa: E402
+from ..io.outputs import atomic_path  # noqa: E402
 
 
 def display_grid(image: sitk.Image, max_voxels: int = 4_000_000) -> Grid:

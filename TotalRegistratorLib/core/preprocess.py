@@ -8,6 +8,8 @@ a near-isotropic grid of its own spacing.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,8 +17,8 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from .errors import InputError
-from .geometry import Grid, physical_bounding_box
+from ..core.grid import Grid, physical_bounding_box
+from ..errors import InputError
 
 NETWORK_SIZE = (128, 96, 160)  # voxels along x (L-R), y (A-P), z (S-I)
 HU_RANGE = (-1000.0, 1000.0)
@@ -69,9 +71,9 @@ def body_grid(image: sitk.Image, mask: np.ndarray, size=None, spacing=None, marg
     return Grid.covering(lower - margin, upper + margin, size=size, spacing=spacing)
 
 
-def network_grid(image: sitk.Image, mask: np.ndarray) -> Grid:
-    """The paper's 128 x 96 x 160 grid over the body's bounding box."""
-    return body_grid(image, mask, size=NETWORK_SIZE)
+def network_grid(scan: Scan, size=NETWORK_SIZE) -> Grid:
+    """The network grid (default the paper's 128 x 96 x 160) over the body's bounding box."""
+    return body_grid(scan.image, scan.mask, size=size)
 
 
 def normalize_intensity(hu: np.ndarray | torch.Tensor):
@@ -98,6 +100,19 @@ def resample(image: sitk.Image, grid: Grid, labels: bool = False, default: float
 
 
 @dataclass
+class Scan:
+    """A CT volume (HU) as read, the name its messages use, and its body mask (computed once, on first use)."""
+
+    image: sitk.Image
+    name: str = "image"
+
+    @functools.cached_property
+    def mask(self) -> np.ndarray:
+        """:func:`body_mask` of the image, [K, J, I] bool."""
+        return body_mask(self.image, name=self.name)
+
+
+@dataclass
 class Prepared:
     """A CT scan cropped to the body on a working grid, as a [1, 1, K, J, I] tensor in [0, 1]."""
 
@@ -107,18 +122,17 @@ class Prepared:
     domain: Grid  # the original image's grid (its field of view)
 
 
-def prepare(image: sitk.Image, grid_for, name: str = "image", device="cpu", mask: np.ndarray | None = None) -> Prepared:
-    """Crop ``image`` to its body and resample it onto ``grid_for(image, mask)`` (e.g. :func:`network_grid`).
+def prepare(scan: Scan, grid_for: Callable[[Scan], Grid], device="cpu") -> Prepared:
+    """Crop ``scan`` to its body and resample it onto ``grid_for(scan)`` (e.g. :func:`network_grid`).
 
     Voxels outside the body (table, air, clothing) are set to air before resampling.
-    ``mask`` is the body mask if already computed.
     """
-    mask = body_mask(image, name=name) if mask is None else mask
+    image, mask = scan.image, scan.mask
     values = sitk.GetArrayFromImage(image)
     values[~mask] = HU_RANGE[0]
     cropped = sitk.GetImageFromArray(values)
     cropped.CopyInformation(image)
-    grid = grid_for(image, mask)
+    grid = grid_for(scan)
     on_grid = sitk.GetArrayFromImage(resample(cropped, grid))
     mask_on_grid = sitk.GetArrayFromImage(resample(mask_to_image(mask, image), grid, labels=True, default=0))
     domain = Grid.from_image(image)

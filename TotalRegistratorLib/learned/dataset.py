@@ -1,7 +1,7 @@
 """Training pairs as network-grid tensors, preprocessed once and cached on disk.
 
-Each scan is preprocessed exactly as at inference (:func:`TotalRegistratorLib.preprocess.prepare`
-on :func:`~TotalRegistratorLib.preprocess.network_grid`: body crop, 128 x 96 x 160
+Each scan is preprocessed exactly as at inference (:func:`TotalRegistratorLib.core.preprocess.prepare`
+on :func:`~TotalRegistratorLib.core.preprocess.network_grid`: body crop, 128 x 96 x 160
 voxels by default (``size``), HU clipped and scaled to [0, 1]); its label map is resampled (nearest)
 onto the same grid. The cache holds one ``.pt`` file per scan, keyed by a hash
 of the image and label paths, their sizes and modification times (each mask of a label folder), the label
@@ -29,11 +29,12 @@ import SimpleITK as sitk
 import torch
 from torch.utils.data import Dataset
 
-from .errors import InputError
-from .geometry import Grid
-from .io import atomic_path, check_same_grid, read_image
-from .labels import LABELS, TRAINING_STRUCTURES, PairRecord, read_structures
-from .preprocess import HU_RANGE, NETWORK_SIZE, body_grid, prepare, resample
+from ..core.grid import Grid
+from ..core.preprocess import HU_RANGE, NETWORK_SIZE, body_grid, prepare, resample
+from ..errors import InputError
+from ..io.images import check_same_grid, read_image
+from ..io.labels import LABELS, TRAINING_STRUCTURES, PairRecord, read_structures
+from ..io.outputs import atomic_path
 
 CACHE_VERSION = 2
 
@@ -58,7 +59,7 @@ def preprocess_scan(image: Path, labels: Path, label_format: str = "structures",
     ct = read_image(image)
     structures = read_structures(labels, label_format)
     check_same_grid(structures, ct, labels, str(image))
-    prepared = prepare(ct, partial(body_grid, size=size), name=str(image))  # size NETWORK_SIZE: network_grid
+    prepared = prepare(Scan(ct, str(image)), partial(network_grid, size=size))
     on_grid = sitk.GetArrayFromImage(resample(structures, prepared.grid, labels=True, default=0))
     return {"image": prepared.tensor[0].contiguous(), "labels": torch.as_tensor(on_grid.astype(np.uint8)),
             "index_to_world": torch.as_tensor(prepared.grid.index_to_world)}
@@ -76,7 +77,7 @@ def network_grids(item: dict[str, torch.Tensor]) -> tuple[Grid, Grid]:
 
 
 class PairDataset(Dataset):
-    """Pairs from a pairs CSV (:func:`TotalRegistratorLib.labels.read_pairs_csv`) as cached network tensors."""
+    """Pairs from a pairs CSV (:func:`TotalRegistratorLib.io.labels.read_pairs_csv`) as cached network tensors."""
 
     def __init__(self, records: Sequence[PairRecord], cache_dir: str | os.PathLike,
                  structures: tuple[str, ...] = TRAINING_STRUCTURES, swap: bool = True, seed: int = 0,

@@ -1,7 +1,7 @@
 """Registration quality: Dice per label, folding, SDlogJ and target registration error.
 
 Label maps are integer arrays on the same grid; fields follow
-:mod:`TotalRegistratorLib.fields` (pullback, LPS mm); landmarks are (n, 3)
+:mod:`TotalRegistratorLib.core.fields` (pullback, LPS mm); landmarks are (n, 3)
 arrays of LPS mm.
 """
 
@@ -11,8 +11,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .fields import jacobian_determinant
-from .geometry import Grid
+from ..core.fields import jacobian_determinant
+from ..core.grid import Grid
 
 
 def dice(a: np.ndarray, b: np.ndarray, labels=None) -> dict[int, float]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .geometry import Grid
+from ..core.grid import Grid
 
 
 def _difference(x: torch.Tensor, dim: int, step: float) -> torch.Tensor:

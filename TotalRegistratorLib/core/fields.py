@@ -1,6 +1,6 @@
 """Displacement fields: warping, composition, Jacobians and affine maps, in PyTorch.
 
-The one convention (see :mod:`TotalRegistratorLib.geometry` for grids):
+The one convention (see :mod:`TotalRegistratorLib.core.grid` for grids):
 
 * A displacement field ``u`` is a tensor ``[N, 3, K, J, I]`` on a grid of the
   *fixed* side, components (x, y, z) in LPS millimetres.
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .geometry import Grid, matrix_apply
+from ..core.grid import Grid, matrix_apply
 
 
 def mapped_points(field: torch.Tensor, grid: Grid) -> torch.Tensor:

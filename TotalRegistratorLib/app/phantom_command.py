@@ -2,7 +2,7 @@
 
 Output folder (written atomically: nothing appears unless every pair succeeds):
 ``pairNNN_{fixed,moving}.nii.gz`` (int16 HU), ``pairNNN_{fixed,moving}_labels.nii.gz``
-(structure ids of :data:`TotalRegistratorLib.labels.LABELS`), for intra-patient
+(structure ids of :data:`TotalRegistratorLib.io.labels.LABELS`), for intra-patient
 and multiphase pairs ``pairNNN_transform.h5`` (ITK DisplacementFieldTransform,
 pullback: fixed point -> moving point, LPS mm) and ``pairNNN_displacement.nii.gz``,
 plus ``pairs.csv`` and ``gallery.png``. Pair files of an earlier run into the same folder are
@@ -18,11 +18,11 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from .arguments import non_negative
-from .errors import InputError
-from .io import OutputFolder
-from .labels import write_pairs_csv
-from .pairs import KINDS, Pair, make_pair
+from ..app.arguments import non_negative
+from ..errors import InputError
+from ..io.labels import write_pairs_csv
+from ..io.outputs import OutputFolder
+from ..simulation.pairs import KINDS, Pair, make_pair
 
 GALLERY_ROWS = 12
 PHANTOM_OUTPUTS = ("pair[0-9]*_*", "pairs.csv", "gallery.png")

@@ -1,6 +1,6 @@
 """The TotalRegistrator cascade: affine -> bone -> thorax -> abdomen -> whole body.
 
-Network space and the conversion to the library's fields (:mod:`TotalRegistratorLib.fields`):
+Network space and the conversion to the library's fields (:mod:`TotalRegistratorLib.core.fields`):
 
 * Both scans are preprocessed onto their own network grid (the body box,
   ``size`` = 128 x 96 x 160 voxels x, y, z). The two grids differ, so an
@@ -10,7 +10,7 @@ Network space and the conversion to the library's fields (:mod:`TotalRegistrator
   as ``T(x) = A(x + d(x))`` (:class:`Mapping`): ``A`` a 4 x 4 LPS matrix (box
   map composed with the affine block), ``d`` a pullback field in mm on the fixed
   network grid (the composition of the deformable blocks by
-  :func:`~TotalRegistratorLib.fields.compose`). The library's field is
+  :func:`~TotalRegistratorLib.core.fields.compose`). The library's field is
   ``w(x) = T(x) - x``; affine parts stay exact, even outside the grid.
 * Every block sees the fixed network image and the ORIGINAL moving network
   image sampled once through the current ``T`` (never re-interpolated block
@@ -45,16 +45,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__, preprocess
-from .errors import InputError
-from .fields import compose
-from .geometry import Grid
-from .labels import REGIONS, TRAINING_STRUCTURES
-from .networks import DECODER_CHANNELS, ENCODER_CHANNELS, AffineNet, UNet
+from .. import __version__
+from ..core import preprocess
+from ..core.fields import compose
+from ..core.grid import Grid
+from ..core.preprocess import Scan
+from ..core.transform import Transform
+from ..errors import InputError
+from ..io.labels import REGIONS, TRAINING_STRUCTURES
+from ..learned.networks import DECODER_CHANNELS, ENCODER_CHANNELS, AffineNet, UNet
 
 if TYPE_CHECKING:
-    from .optimize import Progress
-    from .registration import Result
+    from ..optimization.instance import Result
+    from ..optimization.optimizer import Progress
 
 BLOCKS = ("affine", "bone", "thorax", "abdomen", "wholebody")
 BLOCK_STRUCTURES: dict[str, tuple[str, ...]] = {
@@ -122,11 +125,12 @@ class Mapping:
         """A [1, C, K, J, I] tensor on the moving network grid, trilinearly resampled onto the fixed one."""
         return F.grid_sample(image, self.sampling_grid().to(image.dtype), align_corners=True)
 
-    def displacement(self) -> torch.Tensor:
-        """The library's pullback field ``T(x) - x`` on ``fixed_grid``, [1, 3, K, J, I] float32, mm."""
-        x = _world_points(self.fixed_grid, str(self.affine.device))
-        m = self.affine.float()
-        return (self.points() @ m[:3, :3].T + m[:3, 3] - x).movedim(-1, 1)
+    def transform(self) -> Transform:
+        """This map as the library's :class:`Transform` (on the CPU): ``A x + A_lin d(x)``."""
+        affine = self.affine.detach().cpu().numpy()
+        if self.field is None:
+            return Transform(affine)
+        return Transform(np.eye(4), self.field.detach().cpu(), self.fixed_grid).then(affine)
 
 
 def voxels_to_mm(displacement: torch.Tensor, grid: Grid) -> torch.Tensor:
@@ -156,7 +160,7 @@ def build_network(config: dict) -> nn.Module:
 
 def save_block(path: str | os.PathLike, network: nn.Module, config: dict) -> None:
     """Write one block's weights and config (atomically)."""
-    from .io import atomic_path
+    from ..io.outputs import atomic_path
 
     payload = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "config": config,
                "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()}}
@@ -260,28 +264,23 @@ class Cascade(nn.Module):
         return mapping
 
 
-def run_cascade(fixed: sitk.Image, moving: sitk.Image, cascade: Cascade, device: torch.device | str = "cpu",
-                names: tuple[str, str] = ("fixed", "moving"), progress: Progress | None = None) -> Result:
+def run_cascade(fixed: Scan, moving: Scan, cascade: Cascade, device: torch.device | str = "cpu",
+                progress: Progress | None = None) -> Result:
     """Register ``moving`` onto ``fixed`` (CT in HU) with the cascade; returns a
-    :class:`~TotalRegistratorLib.registration.Result` whose field lives on the fixed network grid.
+    :class:`~TotalRegistratorLib.optimization.instance.Result` whose residual lives on the fixed network grid.
     """
-    from .registration import Result, check_overlap  # registration imports optimize: keep this module light
+    from ..optimization.instance import Result, check_overlap  # instance imports the optimiser: keep this light
 
-    check_overlap(fixed, moving, *names)
-    start = time.perf_counter()
+    check_overlap(fixed, moving)
+    clock = time.perf_counter()
     device = torch.device(device)
-    fixed_mask = preprocess.body_mask(fixed, name=names[0])
-
-    def grid_for(image: sitk.Image, mask: np.ndarray) -> Grid:
-        return preprocess.body_grid(image, mask, size=cascade.size)
-
-    f = preprocess.prepare(fixed, grid_for, names[0], device, fixed_mask)
-    m = preprocess.prepare(moving, grid_for, names[1], device)
-    timings = {"preprocess": time.perf_counter() - start}
-    start = time.perf_counter()
+    grid_for = functools.partial(preprocess.network_grid, size=cascade.size)
+    f = preprocess.prepare(fixed, grid_for, device)
+    m = preprocess.prepare(moving, grid_for, device)
+    timings = {"preprocess": time.perf_counter() - clock}
+    clock = time.perf_counter()
     cascade = cascade.to(device).eval()
     with torch.no_grad():
         mapping = cascade(f.tensor, m.tensor, Mapping.box(f.grid, m.grid, device), progress=progress)
-        field = mapping.displacement().cpu()
-    timings["cascade"] = time.perf_counter() - start
-    return Result(fixed, moving, field, f.grid, mapping.affine.cpu().numpy(), fixed_mask, timings)
+    timings["cascade"] = time.perf_counter() - clock
+    return Result(fixed.image, moving.image, mapping.transform(), f.grid, fixed.mask, timings)

@@ -5,7 +5,7 @@ The anatomy is analytic: every structure is a signed-distance-like function
 its origin on the spine axis at the T12/L1 disc (x to the patient's left, y
 posterior, z superior). A :class:`Phantom` holds one patient's parameters and
 its pose (anatomy frame -> scanner LPS world). :func:`render` evaluates it at
-the voxel centres of any :class:`~TotalRegistratorLib.geometry.Grid`, optionally
+the voxel centres of any :class:`~TotalRegistratorLib.core.grid.Grid`, optionally
 through a pullback map ``g`` (this image's world point -> the reference scan's
 world point), so a deformed copy of the same patient is exact: if the moving
 scan is rendered plainly and the fixed one through ``g``, then
@@ -15,7 +15,7 @@ Intensities are Hounsfield units (air -1000, fat about -100, soft tissue 30-60,
 organs enhanced per contrast phase, cortical and trabecular bone), with a
 smooth tissue texture fixed to the anatomy, partial volume at edges (a linear
 ramp one voxel wide), white noise scaled by voxel volume, and a patient table
-fixed in the scanner. Label ids come from :data:`TotalRegistratorLib.labels.LABELS`.
+fixed in the scanner. Label ids come from :data:`TotalRegistratorLib.io.labels.LABELS`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .geometry import Grid
-from .labels import LABELS
+from ..core.grid import Grid
+from ..io.labels import LABELS
 
 PHASES = ("native", "arterial", "portal_venous")
 

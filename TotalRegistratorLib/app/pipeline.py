@@ -15,21 +15,25 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from . import __version__, io, metrics, preprocess, similarity
-from .cascade import BLOCKS, Cascade, run_cascade
-from .errors import InputError
-from .export import displacement_image, transform_to_field
-from .geometry import Grid
-from .optimize import OptimizationSettings, Progress, resolve_device
-from .overview import save_overview
-from .registration import Result, register, resample_moving, subtraction
+from .. import __version__
+from ..app.overview import save_overview
+from ..core import metrics, preprocess
+from ..core.grid import Grid
+from ..core.itk_bridge import displacement_image, transform_to_field
+from ..errors import InputError
+from ..io import images, outputs
+from ..learned.cascade import BLOCKS, Cascade, run_cascade
+from ..optimization import similarity
+from ..optimization.instance import Result, register, resample_moving, subtraction
+from ..optimization.optimizer import OptimizationSettings, Progress, resolve_device
+from ..weights import folder as weights_folder
 
 REGISTER_OUTPUTS = ("transform.h5", "displacement.nii.gz", "warped.nii.gz", "subtraction_before.nii.gz",
                     "subtraction_after.nii.gz", "overview.png", "report.json")
 WARPED_LABELS = "warped_labels.nii.gz"  # also written when label maps are given
 
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "Resources" / "weights"
+DEFAULT_WEIGHTS = weights_folder()
 
 
 def load_cascade(weights: Path | None, blocks: tuple[str, ...]) -> Cascade:
@@ -124,19 +128,19 @@ def run_register(fixed_path: Path, moving_path: Path, output: Path, settings: Op
     affine-only run without refinement writes an ITK affine transform instead of a field.
     """
     start = time.perf_counter()
-    io.check_output_dir(output)
-    outputs = (*REGISTER_OUTPUTS, WARPED_LABELS)
-    io.check_not_an_input([Path(output) / name for name in outputs],
+    outputs.check_output_dir(output)
+    written = (*REGISTER_OUTPUTS, WARPED_LABELS)
+    outputs.check_not_an_input([Path(output) / name for name in written],
                           [fixed_path, moving_path, fixed_labels, moving_labels])
-    fixed = io.read_image(fixed_path)
-    moving = io.read_image(moving_path)
+    fixed = images.read_image(fixed_path)
+    moving = images.read_image(moving_path)
     label_maps = None
     if (fixed_labels is None) != (moving_labels is None):
         raise InputError(f"{fixed_labels or moving_labels}: give both --fixed-labels and --moving-labels")
     if fixed_labels is not None:
-        label_maps = (io.read_image(fixed_labels, labels=True), io.read_image(moving_labels, labels=True))
-        io.check_same_grid(label_maps[0], fixed, fixed_labels, "the fixed image")
-        io.check_same_grid(label_maps[1], moving, moving_labels, "the moving image")
+        label_maps = (images.read_image(fixed_labels, labels=True), images.read_image(moving_labels, labels=True))
+        images.check_same_grid(label_maps[0], fixed, fixed_labels, "the fixed image")
+        images.check_same_grid(label_maps[1], moving, moving_labels, "the moving image")
     names = (str(fixed_path), str(moving_path))
     cascade = load_cascade(weights, blocks) if blocks else None
     timings = {"read": time.perf_counter() - start}
@@ -163,16 +167,16 @@ def run_register(fixed_path: Path, moving_path: Path, output: Path, settings: Op
     timings["export"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    with io.OutputFolder(output, replaces=outputs) as out:
-        io.write_transform(transform, out / "transform.h5")
-        io.write_image(displacement_image(result.transform(export_spacing) if affine_only else transform),
+    with outputs.OutputFolder(output, replaces=written) as out:
+        images.write_transform(transform, out / "transform.h5")
+        images.write_image(displacement_image(result.transform(export_spacing) if affine_only else transform),
                        out / "displacement.nii.gz")
-        io.write_image(warped, out / "warped.nii.gz")
-        io.write_image(subtraction(fixed, before), out / "subtraction_before.nii.gz")
-        io.write_image(subtraction(fixed, warped), out / "subtraction_after.nii.gz")
+        images.write_image(warped, out / "warped.nii.gz")
+        images.write_image(subtraction(fixed, before), out / "subtraction_before.nii.gz")
+        images.write_image(subtraction(fixed, warped), out / "subtraction_after.nii.gz")
         if label_maps is not None:
             report["dice"], warped_labels = dice_report(*label_maps, result, transform)
-            io.write_image(warped_labels, out / WARPED_LABELS)
+            images.write_image(warped_labels, out / WARPED_LABELS)
         save_overview(out / "overview.png", {"fixed": fixed, "moving": before, "warped": warped,
                                              "|fixed - moving|": subtraction(fixed, before),
                                              "|fixed - warped|": subtraction(fixed, warped)},
@@ -183,8 +187,8 @@ def run_register(fixed_path: Path, moving_path: Path, output: Path, settings: Op
         report["peak_memory_mb"] = peak_memory_mb()
         if torch.cuda.is_available():
             report["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        with io.atomic_path(out / "report.json") as tmp:
-            tmp.write_text(io.to_json(report))
+        with outputs.atomic_path(out / "report.json") as tmp:
+            tmp.write_text(outputs.to_json(report))
     return report
 
 
@@ -203,13 +207,13 @@ def run_warp(input_path: Path, transform_path: Path, reference_path: Path, outpu
 
     Images get the input's minimum value outside its field of view (air for CT).
     """
-    io.check_output_file(output, io.IMAGE_SUFFIXES)
-    image = io.read_image(input_path, labels=labels)
-    transform = io.read_transform(transform_path)
-    reference = io.read_volume(reference_path)  # only its grid is used
+    outputs.check_output_file(output, outputs.IMAGE_SUFFIXES)
+    image = images.read_image(input_path, labels=labels)
+    transform = images.read_transform(transform_path)
+    reference = images.read_volume(reference_path)  # only its grid is used
     default = None if labels else float(sitk.GetArrayViewFromImage(image).min())
-    io.check_not_an_input([output], [input_path, transform_path, reference_path])
-    io.write_image(resample_moving(image, reference, transform, labels=labels, default=default), output)
+    outputs.check_not_an_input([output], [input_path, transform_path, reference_path])
+    images.write_image(resample_moving(image, reference, transform, labels=labels, default=default), output)
 
 
 def read_landmarks(path: Path) -> np.ndarray:
@@ -255,16 +259,16 @@ def run_evaluate(labels: tuple[Path, Path] | None = None, transform_path: Path |
     and the displacement error of a transform against a ground-truth transform (on the truth's grid).
     """
     report: dict = {}
-    transform = io.read_transform(transform_path) if transform_path else None
+    transform = images.read_transform(transform_path) if transform_path else None
     if truth_path and transform is None:
         raise InputError(f"{truth_path}: --truth needs --transform to compare with")
     if labels:
-        a, b = (io.read_image(p, labels=True) for p in labels)
-        io.check_same_grid(b, a, labels[1], str(labels[0]))
+        a, b = (images.read_image(p, labels=True) for p in labels)
+        images.check_same_grid(b, a, labels[1], str(labels[0]))
         scores = metrics.dice(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b))
         report["dice"] = scores
         report["dice_mean"] = float(np.nanmean(list(scores.values()))) if scores else float("nan")
-    mask_image = io.read_image(mask_path, labels=True) if mask_path else None
+    mask_image = images.read_image(mask_path, labels=True) if mask_path else None
 
     def mask_on(grid: Grid) -> np.ndarray | None:
         if mask_image is None:
@@ -280,7 +284,7 @@ def run_evaluate(labels: tuple[Path, Path] | None = None, transform_path: Path |
     elif transform is not None and hasattr(transform, "GetMatrix"):  # linear: folds everywhere or nowhere
         report["linear"] = {"determinant": float(np.linalg.det(np.reshape(transform.GetMatrix(), (3, 3))))}
     if truth_path:
-        truth = io.read_transform(truth_path)
+        truth = images.read_transform(truth_path)
         if not isinstance(truth, sitk.DisplacementFieldTransform):
             raise InputError(f"{truth_path}: ground truth must be a displacement field transform")
         grid = Grid.from_image(truth.GetDisplacementField())

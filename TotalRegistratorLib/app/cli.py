@@ -13,11 +13,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import runtime
-from .arguments import non_negative, positive
-from .errors import InputError
-from .optimize import SIMILARITIES, OptimizationSettings
-from .phantom_cli import add_phantom_command
+from ..app.arguments import non_negative, positive
+from ..app.phantom_command import add_phantom_command
+from ..core import runtime
+from ..errors import InputError
+from ..optimization.optimizer import SIMILARITIES, OptimizationSettings
 
 
 class ProgressBars:
@@ -60,7 +60,7 @@ def _iterations(text: str) -> tuple[int, ...]:
 
 
 def _blocks(text: str) -> tuple[str, ...]:
-    from .cascade import BLOCKS
+    from ..learned.cascade import BLOCKS
 
     if text == "none":
         return ()
@@ -111,7 +111,7 @@ def _add_register(subparsers) -> None:
 
 
 def _run_register(args: argparse.Namespace) -> int:
-    from .pipeline import DEFAULT_BLOCKS, run_register
+    from ..app.pipeline import DEFAULT_BLOCKS, run_register
 
     if len(args.iterations) != 2 or len(args.affine_iterations) != 2:
         raise InputError("--iterations and --affine-iterations take two values: coarse,fine")
@@ -152,7 +152,7 @@ def _add_warp(subparsers) -> None:
 
 
 def _run_warp(args: argparse.Namespace) -> int:
-    from .pipeline import run_warp
+    from ..app.pipeline import run_warp
 
     run_warp(args.input, args.transform, args.reference, args.output, args.labels)
     return 0
@@ -171,8 +171,8 @@ def _add_evaluate(subparsers) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from .io import atomic_path, check_not_an_input, check_output_file, to_json
-    from .pipeline import run_evaluate
+    from ..app.pipeline import run_evaluate
+    from ..io.outputs import atomic_path, check_not_an_input, check_output_file, to_json
 
     if args.output:
         check_output_file(args.output, (".json",))

@@ -24,12 +24,12 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .export import export_grid, field_to_image, field_to_transform
-from .geometry import Grid
-from .io import check_same_grid, write_image, write_transform
-from .labels import LABELS, PairRecord
-from .phantom import Phantom, make_phantom, random_state, render, scan_grid, world_point_chunks
-from .preprocess import body_mask
+from ..core.grid import Grid
+from ..core.itk_bridge import export_grid, field_to_image, field_to_transform
+from ..core.preprocess import body_mask
+from ..io.images import check_same_grid, write_image, write_transform
+from ..io.labels import LABELS, PairRecord
+from ..simulation.phantom import Phantom, make_phantom, random_state, render, scan_grid, world_point_chunks
 
 KINDS = ("intra", "multiphase", "inter")
 MAX_FIELD_VOXELS = 8_000_000  # denser fixed grids get their ground truth on a 2 mm grid over the same box
@@ -246,7 +246,7 @@ def make_pair(kind: str, seed: int, spacing=None, size=None) -> Pair:
 def deform_scan(image: sitk.Image, labels: sitk.Image | None, seed: int, kind: str = "intra") -> Pair:
     """Augmentation: a real scan (the moving image) and a simulated motion of it (the fixed image).
 
-    ``labels`` are our structure ids (:func:`TotalRegistratorLib.labels.read_structures`); they place the
+    ``labels`` are our structure ids (:func:`TotalRegistratorLib.io.labels.read_structures`); they place the
     diaphragm and stomach for the breathing and filling motion, and are warped with the image.
     """
     rng = np.random.default_rng(seed)

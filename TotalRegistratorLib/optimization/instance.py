@@ -1,0 +1,102 @@
+"""Register two CT volumes and produce everything a user keeps: transform, warped image, subtractions.
+
+:func:`register` works on SimpleITK images (any size, spacing, direction and
+origin) and returns a :class:`Result` whose ``transform`` maps fixed LPS points to
+moving ones (:class:`~TotalRegistratorLib.core.transform.Transform`);
+``sitk.Resample(moving, fixed, result.to_sitk())`` aligns the moving image.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from ..core import preprocess
+from ..core.fields import affine_field, resample_field
+from ..core.grid import Grid
+from ..core.itk_bridge import export_grid, field_to_transform
+from ..errors import InputError
+from ..optimization.optimizer import OptimizationSettings, Progress, optimize, resolve_device
+
+AIR_HU = -1000.0
+
+
+def check_overlap(fixed: Scan, moving: Scan) -> None:
+    """Raise :class:`InputError` when the two images' physical boxes do not intersect at all."""
+    boxes = [Grid.from_image(scan.image).corners() for scan in (fixed, moving)]
+    lower = np.maximum(boxes[0].min(0), boxes[1].min(0))
+    upper = np.minimum(boxes[0].max(0), boxes[1].max(0))
+    if np.any(lower > upper):
+        raise InputError(f"{moving.name}: does not overlap {fixed.name} in physical space (check the origins)")
+
+
+def working_spacing(fixed: Scan, settings: OptimizationSettings) -> float:
+    """Isotropic working spacing (mm): ``settings.spacing``, no finer than the image's own
+    (geometric mean) spacing, coarsened until the body box holds at most ``settings.max_voxels``.
+    """
+    spacing = max(settings.spacing, float(np.prod(fixed.image.GetSpacing()) ** (1 / 3)))
+    box = preprocess.body_grid(fixed.image, fixed.mask, spacing=spacing)
+    extent = np.asarray(box.size) * spacing
+    return max(spacing, float((np.prod(extent) / settings.max_voxels) ** (1 / 3)))
+
+
+@dataclass
+class Result:
+    """A finished registration of ``moving`` onto ``fixed``: the map and the working grid it was computed on."""
+
+    fixed: sitk.Image
+    moving: sitk.Image
+    transform: Transform  # fixed -> moving LPS points
+    grid: Grid  # the fixed working grid (the residual's grid; reports are computed on it)
+    fixed_mask: np.ndarray  # body mask on the fixed image's grid, [K, J, I]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_sitk(self, spacing: float | None = None) -> sitk.Transform:
+        """The dense ITK transform on the fixed image's grid (or the same box at ``spacing`` mm)."""
+        return self.transform.to_sitk(export_grid(Grid.from_image(self.fixed), spacing))
+
+
+def register(fixed: Scan, moving: Scan, settings: OptimizationSettings | None = None,
+             progress: Progress | None = None, start: Transform | None = None) -> Result:
+    """Register ``moving`` onto ``fixed`` (CT in HU) by instance optimisation.
+
+    ``start`` refines an existing map of the same pair (e.g. the cascade's) instead of
+    starting from the body centroids: the affine stage corrects it globally, then the
+    deformable stage locally.
+    """
+    settings = settings or OptimizationSettings()
+    device = resolve_device(settings.device)
+    check_overlap(fixed, moving)
+    clock = time.perf_counter()
+    spacing = working_spacing(fixed, settings)
+
+    def grid_for(scan: Scan) -> Grid:
+        return preprocess.body_grid(scan.image, scan.mask, spacing=spacing, margin=2 * spacing)
+
+    prepared_fixed = preprocess.prepare(fixed, grid_for, device)
+    prepared_moving = preprocess.prepare(moving, grid_for, device)
+    timings = {"preprocess": time.perf_counter() - clock}
+    transform, stage_times = optimize(prepared_fixed, prepared_moving, settings, progress, start)
+    timings.update(stage_times)
+    return Result(fixed.image, moving.image, transform.to("cpu"), prepared_fixed.grid, fixed.mask, timings)
+
+
+def resample_moving(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transform | None = None,
+                    labels: bool = False, default: float | None = None) -> sitk.Image:
+    """``moving`` on ``reference``'s grid through ``transform`` (identity: "before registration").
+
+    Linear for images (outside: ``default``, air by default), nearest neighbour for labels (outside: 0).
+    """
+    if default is None:
+        default = 0.0 if labels else AIR_HU
+    return sitk.Resample(moving, reference, transform or sitk.Transform(),
+                         sitk.sitkNearestNeighbor if labels else sitk.sitkLinear, default, moving.GetPixelID())
+
+
+def subtraction(fixed: sitk.Image, other: sitk.Image) -> sitk.Image:
+    """|fixed - other| in HU on the fixed grid (``other`` already on that grid)."""
+    return sitk.Abs(sitk.Cast(fixed, sitk.sitkFloat32) - sitk.Cast(other, sitk.sitkFloat32))
