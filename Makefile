@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   -- builds .venv, makes a phantom CT pair and registers it (outputs in demo_output/)
-#   make test   -- builds .venv (and .venv-slicer, with Slicer's MRML from slicer-core) and runs ruff and the tests
+#   make test   -- builds .venv (and .venv-slicer, with Slicer's MRML from slicer-core), runs ruff and the tests,
+#                  and installs the built wheel in a fresh environment to run the shipped cascade there
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -37,6 +38,7 @@ test: $(STAMP) $(SLICER_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q Testing --ignore=Testing/slicer_logic
 	$(SLICER_VENV)/bin/python -m pytest -q Testing/slicer_logic
+	Testing/check_wheel.sh $(BIN)/python
 
 # Elastix and ANTs run in their own environments (antspyx pins an older numpy and scipy).
 baselines: .venv-elastix/.installed .venv-ants/.installed

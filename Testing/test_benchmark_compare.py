@@ -23,6 +23,7 @@ import torch
 from single_thread import one_thread  # noqa: F401  (autouse)
 
 from TotalRegistratorLib.core.grid import Grid
+from TotalRegistratorLib.core.transform import Transform
 from TotalRegistratorLib.simulation.pairs import Pair, make_pair
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -43,7 +44,7 @@ def translated_pair() -> Pair:
     fixed_labels = sitk.Resample(moving_labels, moving_labels, shift, sitk.sitkNearestNeighbor, 0)
     grid = Grid.from_image(moving)
     field = torch.tensor(SHIFT, dtype=torch.float32).reshape(1, 3, 1, 1, 1).expand(1, 3, *grid.shape).clone()
-    return Pair("translation", fixed, moving, fixed_labels, moving_labels, field, grid)
+    return Pair("translation", fixed, moving, fixed_labels, moving_labels, Transform.from_field(field, grid))
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from single_thread import one_thread  # noqa: F401  (autouse)
 
 from TotalRegistratorLib.core import fields
 from TotalRegistratorLib.core.grid import Grid
+from TotalRegistratorLib.core.preprocess import Scan
 from TotalRegistratorLib.errors import InputError
 from TotalRegistratorLib.learned.cascade import (
     BLOCKS,
@@ -46,7 +47,7 @@ def normalise(idx: torch.Tensor, grid: Grid) -> torch.Tensor:
 
 def test_zero_output_is_the_box_map():
     mapping = Mapping.box(FIXED, MOVING, "cpu")
-    w = mapping.displacement().double()
+    w = mapping.transform().field_on(FIXED).double()
     expected = torch.as_tensor(MOVING.transform_indices(index_points(FIXED).numpy()) -
                                FIXED.transform_indices(index_points(FIXED).numpy())).movedim(-1, 1)
     assert torch.allclose(w, expected, atol=1e-4)
@@ -61,7 +62,7 @@ def test_voxel_displacement_equals_library_warp():
     in_index_space = F.grid_sample(moving, normalise(index_points(FIXED) + u_vox.movedim(1, -1), MOVING),
                                    align_corners=True)
     mapping = Mapping.box(FIXED, MOVING).then_field(voxels_to_mm(u_vox.float(), FIXED))
-    library = fields.warp(moving.float(), MOVING, mapping.displacement(), FIXED)
+    library = fields.warp(moving.float(), MOVING, mapping.transform().field_on(FIXED), FIXED)
     assert torch.allclose(library.double(), in_index_space, atol=1e-4)
     assert torch.allclose(mapping.warp(moving.float()).double(), in_index_space, atol=1e-4)
 
@@ -80,9 +81,10 @@ def test_affine_theta_equals_affine_grid_and_library_warp():
                               align_corners=True)
     mapping = Mapping.box(FIXED, MOVING).then_affine(theta)
     assert torch.allclose(mapping.warp(moving), reference, atol=1e-5)
-    assert torch.allclose(fields.warp(moving, MOVING, mapping.displacement(), FIXED), reference, atol=1e-4)
+    assert torch.allclose(fields.warp(moving, MOVING, mapping.transform().field_on(FIXED), FIXED), reference, atol=1e-4)
     # the stored affine is the LPS fixed -> moving matrix: its field equals the displacement
-    assert torch.allclose(fields.affine_field(mapping.affine.numpy(), FIXED), mapping.displacement(), atol=1e-4)
+    field = mapping.transform().field_on(FIXED)
+    assert torch.allclose(fields.affine_field(mapping.affine.numpy(), FIXED), field, atol=1e-4)
 
 
 def test_composition_matches_sequential_maps():
@@ -98,7 +100,7 @@ def test_composition_matches_sequential_maps():
     after_affine = (normalise(step1, FIXED) @ theta.double()[:, :3].T + theta.double()[:, 3] + 1) / 2 \
         * (torch.tensor(MOVING.size, dtype=torch.float64) - 1)
     expected = MOVING.transform_indices(after_affine.numpy()) - FIXED.transform_indices(idx.numpy())
-    assert np.allclose(mapping.displacement().movedim(1, -1).numpy(), expected, atol=1e-3)
+    assert np.allclose(mapping.transform().field_on(FIXED).movedim(1, -1).numpy(), expected, atol=1e-3)
 
 
 def test_affine_after_field_is_refused():
@@ -138,11 +140,11 @@ def test_subset_runs_in_fixed_order_and_composes():
         assert torch.allclose(seen, before.warp(moving), atol=1e-5)
         before, _ = before.then_affine(theta[0]) if name == "affine" else \
             before.then_field(voxels_to_mm((2 if name == "thorax" else 1) * shift, FIXED)), None
-    assert torch.allclose(mapping.displacement(), before.displacement(), atol=1e-5)
+    assert torch.allclose(mapping.transform().field_on(FIXED), before.transform().field_on(FIXED), atol=1e-5)
     # translations add up: 3 voxels of 3 mm along x plus the affine's 0.1 normalised units of the moving box
     centre = tuple(s // 2 for s in FIXED.shape)
-    box = Mapping.box(FIXED, MOVING).displacement()[0, 0][centre]
-    moved = mapping.displacement()[0, 0][centre] - box
+    box = Mapping.box(FIXED, MOVING).transform().field_on(FIXED)[0, 0][centre]
+    moved = mapping.transform().field_on(FIXED)[0, 0][centre] - box
     assert moved == pytest.approx((3 + 0.1 * (SIZE[0] - 1) / 2) * MOVING.spacing[0], abs=1e-3)
     with pytest.raises(ValueError, match="unknown block"):
         Cascade({"lungs": Recorder("x", log, shift)})
@@ -190,12 +192,13 @@ def test_run_cascade_untrained_is_the_box_map():
     fixed, moving = torso(grid), torso(grid, shift=(6.0, -4.0, 5.0), noise_seed=1)
     torch.manual_seed(0)
     cascade = Cascade({b: build_network(block_config(b, SIZE)) for b in BLOCKS}, size=SIZE)
-    result = run_cascade(fixed, moving, cascade)
-    assert result.grid.size == SIZE and result.field.shape == (1, 3, *result.grid.shape)
-    assert np.allclose(result.affine[:3, :3], np.diag(np.diag(result.affine[:3, :3])), atol=1e-6)
-    transform = result.transform()
+    result = run_cascade(Scan(fixed), Scan(moving), cascade)
+    affine = result.transform.affine
+    assert result.grid.size == SIZE and result.transform.grid == result.grid
+    assert np.allclose(affine[:3, :3], np.diag(np.diag(affine[:3, :3])), atol=1e-6)
+    transform = result.to_sitk()
     centre = grid.transform_indices(np.array([20.0, 17.0, 15.0]))
     shift = np.subtract(transform.TransformPoint(tuple(centre)), centre)
     assert abs(shift[0] - 6.0) <= 8.0 and abs(shift[1] + 4.0) <= 8.0, "body boxes are found to a voxel (8 mm)"
     assert abs(shift[2]) < 0.01, "the body fills the scans along z: the boxes coincide"
-    assert (result.field - fields.affine_field(result.affine, result.grid)).abs().max() < 0.05, "near-zero blocks"
+    assert result.transform.residual.abs().max() < 0.05, "near-zero blocks"

@@ -13,10 +13,10 @@ import SimpleITK as sitk
 from conftest import torso
 
 from TotalRegistratorLib.app.cli import main
-from TotalRegistratorLib.app.pipeline import REGISTER_OUTPUTS
 from TotalRegistratorLib.core import metrics
 from TotalRegistratorLib.core.grid import Grid
 from TotalRegistratorLib.optimization.optimizer import resolve_device
+from TotalRegistratorLib.registry import DEFAULT_OUTPUTS, OUTPUT_TABLE, OUTPUTS
 
 GRID = Grid((40, 30, 32), (5.0, 5.0, 5.0), (-100.0, -75.0, -80.0))
 QUICK = ["--iterations", "20,10", "--affine-iterations", "20,10", "--quiet"]
@@ -52,20 +52,35 @@ def pair(tmp_path_factory) -> dict[str, Path]:
 def registered(pair, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "result"
     code = main(["register", str(pair["fixed"]), str(pair["moving"]), "-o", str(out),
-                 "--fixed-labels", str(pair["fixed_labels"]), "--moving-labels", str(pair["moving_labels"]), *IO_QUICK])
+                 "--fixed-labels", str(pair["fixed_labels"]), "--moving-labels", str(pair["moving_labels"]),
+                 "--outputs", ",".join(OUTPUTS), *IO_QUICK])
     assert code == 0
     return out
 
 
+def test_register_writes_the_default_outputs_only(pair, tmp_path):
+    out = tmp_path / "out"
+    assert main(["register", str(pair["fixed"]), str(pair["moving"]), "-o", str(out), *IO_QUICK]) == 0
+    expected = {f for o in OUTPUT_TABLE if o.name in DEFAULT_OUTPUTS for f in o.files} | {"report.json"}
+    assert {p.name for p in out.iterdir()} == expected
+    assert json.loads((out / "report.json").read_text())["outputs"] == list(DEFAULT_OUTPUTS)
+
+
 def test_register_writes_every_output(registered, pair):
-    for name in (*REGISTER_OUTPUTS, "warped_labels.nii.gz"):
+    for name in (*(f for o in OUTPUT_TABLE for f in o.files), "report.json"):
         assert (registered / name).is_file(), name
     assert not list(registered.parent.glob(".*partial*")), "staging folder left behind"
     fixed = sitk.ReadImage(str(pair["fixed"]))
-    for name in ("warped.nii.gz", "subtraction_before.nii.gz", "subtraction_after.nii.gz", "displacement.nii.gz"):
+    for name in ("warped.nii.gz", "subtraction_before.nii.gz", "subtraction_after.nii.gz"):
         image = sitk.ReadImage(str(registered / name))
         assert image.GetSize() == fixed.GetSize(), name
         assert np.allclose(Grid.from_image(image).index_to_world, Grid.from_image(fixed).index_to_world, atol=1e-4)
+    # the field is written on the compact export grid: the working grid's lattice over the fixed image's box
+    displacement = Grid.from_image(sitk.ReadImage(str(registered / "displacement.nii.gz")))
+    export = json.loads((registered / "report.json").read_text())["export_grid"]
+    assert list(displacement.size) == export["size"] and np.allclose(displacement.spacing, export["spacing_mm"])
+    inside = displacement.transform_points(Grid.from_image(fixed).corners())
+    assert (inside > -1e-6).all() and (inside < np.asarray(displacement.size) - 1 + 1e-6).all()
     before = sitk.GetArrayFromImage(sitk.ReadImage(str(registered / "subtraction_before.nii.gz")))
     after = sitk.GetArrayFromImage(sitk.ReadImage(str(registered / "subtraction_after.nii.gz")))
     assert after.mean() < 0.7 * before.mean()
@@ -177,12 +192,12 @@ def test_output_folder_that_is_a_file(pair, tmp_path):
 
 
 def test_failure_during_writing_leaves_no_outputs(pair, tmp_path, monkeypatch):
-    from TotalRegistratorLib.app import pipeline
+    from TotalRegistratorLib.app import register_job
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(pipeline, "save_overview", broken)
+    monkeypatch.setattr(register_job, "save_overview", broken)
     out = tmp_path / "out"
     with pytest.raises(OSError):
         main(["register", str(pair["fixed"]), str(pair["moving"]), "-o", str(out), *IO_QUICK])
@@ -290,7 +305,7 @@ def test_output_staging_is_inside_an_existing_output_folder(tmp_path):
 
 
 def test_landmark_csv_columns_by_header(tmp_path):
-    from TotalRegistratorLib.app.pipeline import read_landmarks
+    from TotalRegistratorLib.io.landmarks import read_landmarks
 
     (tmp_path / "points.csv").write_text("label,x,y,z,selected\nF-1,1,2,3,1\nF-2,4,5,6,0\n")
     assert read_landmarks(tmp_path / "points.csv").tolist() == [[1, 2, 3], [4, 5, 6]]

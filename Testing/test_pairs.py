@@ -11,6 +11,7 @@ from single_thread import one_thread  # noqa: F401  (autouse)
 from TotalRegistratorLib.core import fields
 from TotalRegistratorLib.core.grid import Grid
 from TotalRegistratorLib.core.metrics import dice
+from TotalRegistratorLib.core.transform import Transform
 from TotalRegistratorLib.errors import InputError
 from TotalRegistratorLib.io.images import read_transform
 from TotalRegistratorLib.io.labels import read_pairs_csv, write_pairs_csv
@@ -34,7 +35,7 @@ def test_ground_truth_reproduces_fixed_labels_through_sitk():
     moving_grid = Grid.covering(mapped.min(0) - 4, mapped.max(0) + 4, spacing=(1.0, 1.0, 1.25))
     fixed = phantom.render(ph, fixed_grid, mapping=motion)
     moving = phantom.render(ph, moving_grid)
-    field = motion.field(fixed_grid)
+    field = motion.transform(fixed_grid).residual
     scores = warped_dice(fixed.labels, moving.labels, pairs.field_to_transform(field, fixed_grid))
     assert len(scores) >= 9, f"the region should hold most structures, got {sorted(scores)}"
     assert np.mean(list(scores.values())) >= 0.97, scores
@@ -49,10 +50,10 @@ def intra_pair() -> pairs.Pair:
 
 def test_make_pair_intra(intra_pair, tmp_path):
     p = intra_pair
-    assert p.field.shape == (1, 3, *p.field_grid.shape) and p.field_grid == Grid.from_image(p.fixed)
-    magnitude = p.field.norm(dim=1)
+    assert p.truth.residual.shape == (1, 3, *p.truth.grid.shape) and p.truth.grid == Grid.from_image(p.fixed)
+    magnitude = p.truth.residual.norm(dim=1)
     assert 3.0 < magnitude.mean() < 60.0 and magnitude.max() < 120.0
-    det = fields.jacobian_determinant(p.field.double(), p.field_grid)
+    det = fields.jacobian_determinant(p.truth.residual.double(), p.truth.grid)
     assert det.min() > 0.3, "the simulated motion does not fold"
     scores = warped_dice(p.fixed_labels, p.moving_labels, p.transform())
     before = warped_dice(p.fixed_labels, p.moving_labels, sitk.Transform())
@@ -65,7 +66,7 @@ def test_make_pair_intra(intra_pair, tmp_path):
     assert back == record
     transform = read_transform(back.transform)
     x = np.array(Grid.from_image(p.fixed).corners().mean(axis=0))
-    expected = x + fields.sample(p.field.double(), p.field_grid, torch.as_tensor(x)[None, None])[0, :, 0].numpy()
+    expected = p.truth.apply(x)
     assert np.allclose(transform.TransformPoint(tuple(x)), expected, atol=1e-3)
     displacement = sitk.ReadImage(str(tmp_path / "p_displacement.nii.gz"))
     assert displacement.GetNumberOfComponentsPerPixel() == 3 and displacement.GetSize() == p.fixed.GetSize()
@@ -77,7 +78,7 @@ def test_motion_is_the_documented_pullback():
     motion = pairs.Motion(lm, shift=np.array([5.0, -3.0, 2.0]))
     grid = Grid((4, 3, 2), (10.0, 10.0, 10.0), (0.0, 0.0, 0.0))
     expected = torch.tensor([5.0, -3.0, 2.0]).reshape(1, 3, 1, 1, 1).expand(1, 3, 2, 3, 4)
-    assert torch.allclose(motion.field(grid), expected)
+    assert torch.allclose(motion.transform(grid).residual, expected)
     breathing = pairs.Motion(lm, breath=10.0)
     at_dome = breathing(torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 250.0]], dtype=torch.float64))
     assert at_dome[0, 2] == pytest.approx(10.0) and at_dome[1, 2] == pytest.approx(250.0)
@@ -88,7 +89,7 @@ def test_multiphase_and_inter_pairs():
     multi = pairs.make_pair("multiphase", 1, spacing=7.0)
     assert multi.field.norm(dim=1).max() < 40.0, "multiphase motion is small"
     inter = pairs.make_pair("inter", 1, spacing=7.0)
-    assert inter.field is None and inter.transform() is None
+    assert inter.truth is None and inter.transform() is None
     assert Grid.from_image(inter.fixed) != Grid.from_image(inter.moving)
     with pytest.raises(ValueError, match="kind"):
         pairs.make_pair("sideways", 0)
@@ -112,11 +113,11 @@ def test_deform_real_scan():
     assert p.moving is image and p.fixed.GetSize() == image.GetSize()
     # the ground truth handed out is the transform that made the fixed image; the opposite sense is far off
     air = float(sitk.GetArrayViewFromImage(image).min())
-    flipped = pairs.Pair("flipped", image, image, None, None, -p.field, p.field_grid).transform()
+    flipped = Transform.from_field(-p.truth.residual, p.truth.grid).to_sitk()
     for transform, error in ((p.transform(), lambda e: e.max() < 1e-3), (flipped, lambda e: e.mean() > 20.0)):
         remade = sitk.GetArrayFromImage(sitk.Resample(image, image, transform, sitk.sitkLinear, air))
         assert error(np.abs(remade - sitk.GetArrayFromImage(p.fixed)))  # HU
-    assert p.field.norm(dim=1).mean() > 2.0
+    assert p.truth.residual.norm(dim=1).mean() > 2.0
     shifted = sitk.Image(labels)
     shifted.SetOrigin([o + 6.0 for o in labels.GetOrigin()])
     with pytest.raises(InputError, match="labels: label map does not share the grid of the scan"):

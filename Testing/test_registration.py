@@ -9,20 +9,26 @@ import torch
 from conftest import deformed_pair, rotation, shared_file, torso
 
 from TotalRegistratorLib.core import metrics, preprocess
-from TotalRegistratorLib.core.fields import affine_field
 from TotalRegistratorLib.core.grid import Grid
 from TotalRegistratorLib.core.itk_bridge import transform_to_field
+from TotalRegistratorLib.core.preprocess import Scan
+from TotalRegistratorLib.core.transform import Transform
 from TotalRegistratorLib.io import images
-from TotalRegistratorLib.optimization.instance import Result, register, resample_moving
+from TotalRegistratorLib.optimization.instance import optimize_pair, resample_moving
 from TotalRegistratorLib.optimization.optimizer import OptimizationSettings
 
 FAST = OptimizationSettings(affine_iterations=(40, 20), deformable_iterations=(40, 15), spacing=3.5)
 GRID = Grid((64, 48, 48), (3.5, 3.5, 3.5), (-110.0, -82.0, -84.0))
 
 
+def register(fixed: sitk.Image, moving: sitk.Image, settings: OptimizationSettings, start: Transform | None = None):
+    return optimize_pair(Scan(fixed, "fixed"), Scan(moving, "moving"), settings, start=start)
+
+
 def exported_field(result, grid=None) -> np.ndarray:
+    """The written transform (compact default export) evaluated by ITK on ``grid`` (default: the fixed grid)."""
     grid = grid or Grid.from_image(result.fixed)
-    return transform_to_field(result.transform(), grid)[0].numpy()
+    return transform_to_field(result.to_sitk(), grid)[0].numpy()
 
 
 def test_positive_shift_gives_positive_displacement():
@@ -78,7 +84,7 @@ def test_ras_nifti_and_lps_mha_give_identical_results(tmp_path):
     assert Grid.from_image(images.read_image(nifti)).direction != Grid.from_image(images.read_image(lps)).direction
     fields = [exported_field(r) for r in results]
     assert np.abs(fields[0] - fields[1]).max() < 0.05
-    warped = [sitk.GetArrayFromImage(resample_moving(r.moving, fixed, r.transform())) for r in results]
+    warped = [sitk.GetArrayFromImage(resample_moving(r.moving, fixed, r.to_sitk())) for r in results]
     assert np.abs(warped[0] - warped[1]).max() < 1.0  # HU
 
 
@@ -88,7 +94,7 @@ def test_exact_rigid_geometry_on_real_chest_ct():
     fixed_lungs = images.read_image(shared_file("chestimagingplatform/lm-64.nrrd"), labels=True)
     moving_lungs = images.read_image(shared_file("chestimagingplatform/lm-64-transformed.nrrd"), labels=True)
     result = register(fixed, moving, FAST)
-    warped = resample_moving(moving_lungs, fixed, result.transform(), labels=True)
+    warped = resample_moving(moving_lungs, fixed, result.to_sitk(), labels=True)
     a = sitk.GetArrayFromImage(fixed_lungs) > 0
     b = sitk.GetArrayFromImage(warped) > 0
     assert metrics.dice(a, b)[1] >= 0.95
@@ -127,7 +133,7 @@ def test_real_deformation_is_recovered(real_deformation):
     fixed_array = sitk.GetArrayFromImage(fixed_labels)
     before = organ_dice(fixed_array, sitk.GetArrayFromImage(resample_moving(moving_labels, fixed, labels=True)))
     after = organ_dice(fixed_array, sitk.GetArrayFromImage(
-        resample_moving(moving_labels, fixed, result.transform(), labels=True)))
+        resample_moving(moving_labels, fixed, result.to_sitk(), labels=True)))
     assert after >= 0.75 and after > before + 0.1, (before, after)
 
     body = preprocess.body_mask(fixed)
@@ -148,26 +154,7 @@ def test_refining_a_field_keeps_a_good_start_and_improves_a_poor_one():
     truth = torch.as_tensor(t, dtype=torch.float32).view(1, 3, 1, 1, 1).expand(1, 3, *grid.shape).clone()
     # this toy's interior is flat, so independent noise limits any method to about 0.9 mm here
     for start, limit in ((truth, 1.2), (0.5 * truth, 1.5)):
-        initial = Result(fixed, moving, start, grid, None, body)
-        result = register(fixed, moving, FAST, initial=initial)
-        assert result.affine is None and result.timings["affine"] > 0  # the start had no affine part to compose
+        result = register(fixed, moving, FAST, start=Transform.from_field(start, grid))
+        assert result.timings["affine"] > 0
         error = np.linalg.norm(exported_field(result) - truth[0].numpy(), axis=0)[body]
         assert np.median(error) < limit, np.median(error)
-
-
-def test_field_on_in_slabs_equals_one_piece():
-    """Result.field_on fills big grids slab by slab; the slabs must join into the same field, affine part included."""
-    grid = Grid((12, 10, 8), (4.0, 4.0, 5.0), (-20.0, -18.0, -15.0))
-    target = Grid((20, 16, 14), (3.0, 3.0, 4.0), (-30.0, -24.0, -30.0))  # beyond grid on every side
-    affine = np.eye(4)
-    affine[:3, :3] += 0.02 * np.arange(9).reshape(3, 3) / 9
-    affine[:3, 3] = (3.0, -2.0, 1.0)
-    field = torch.randn(1, 3, *grid.shape, generator=torch.Generator().manual_seed(0))
-    result = Result(sitk.Image(8, 8, 8, sitk.sitkFloat32), None, field, grid, affine, None)
-    whole = result.field_on(target, max_voxels=10**9)
-    assert torch.allclose(result.field_on(target, max_voxels=20 * 16 * 2), whole, atol=1e-5)  # 7 slabs
-    # the far corner: the affine part there, plus the deformable remainder of grid's own far corner (border)
-    corner = target.world_points(dtype=torch.float64)[0, -1, -1, -1]
-    linear = corner @ torch.tensor(affine[:3, :3]).T + torch.tensor(affine[:3, 3]) - corner
-    remainder = (field - affine_field(affine, grid))[0, :, -1, -1, -1].double()
-    assert torch.allclose(whole[0, :, -1, -1, -1].double(), linear + remainder, atol=1e-4)

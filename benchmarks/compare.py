@@ -53,7 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 # install points at another checkout (a git worktree measuring a fixed commit)
 sys.path.insert(0, str(REPO))
 os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
-from TotalRegistratorLib.app.pipeline import field_summary, shipped_blocks  # noqa: E402
+from TotalRegistratorLib.app.report import field_summary  # noqa: E402
 from TotalRegistratorLib.core import metrics, preprocess  # noqa: E402
 from TotalRegistratorLib.core.grid import Grid  # noqa: E402
 from TotalRegistratorLib.core.itk_bridge import field_to_image, image_to_field, transform_to_field  # noqa: E402
@@ -62,6 +62,7 @@ from TotalRegistratorLib.io.labels import LABELS, STRUCTURES, TRAINING_STRUCTURE
 from TotalRegistratorLib.learned.cascade import BLOCKS  # noqa: E402
 from TotalRegistratorLib.optimization.instance import resample_moving  # noqa: E402
 from TotalRegistratorLib.simulation.pairs import KINDS, Pair, deform_scan, make_pair  # noqa: E402
+from TotalRegistratorLib.weights import shipped_blocks  # noqa: E402
 
 BASELINES = REPO / "benchmarks" / "baselines"
 SHARED = REPO.parent / "shared" / "data"
@@ -81,7 +82,7 @@ class Method:
     venv: str | None = ".venv"
     script: str = "totalregistrator_run.py"
     args: tuple[str, ...] = ()
-    blocks: tuple[str, ...] = ()  # cascade blocks whose weights must be in Resources/weights
+    blocks: tuple[str, ...] = ()  # cascade blocks whose weights must be in TotalRegistratorLib/weights
     gpu: bool = False
 
     @property
@@ -94,7 +95,7 @@ class Method:
             return f"skipped: {self.venv} not found (create it with the Makefile's baseline target)"
         missing = [b for b in self.blocks if b not in shipped_blocks()]
         if missing:
-            return f"pending: no {', '.join(b + '.pt' for b in missing)} in Resources/weights (cascade not trained yet)"
+            return f"pending: no {', '.join(b + '.pt' for b in missing)} in the weights folder (not trained yet)"
         if self.gpu and not torch.cuda.is_available():
             return "skipped: no CUDA GPU on this machine"
         return None
@@ -207,12 +208,11 @@ def prepare(spec: PairSpec, folder: Path) -> Prepared:
         images.write_image(image, path, compress=False)
     body = preprocess.body_mask(pair.fixed)
     truth_body = landmarks = None
-    if pair.field is not None:
+    if pair.truth is not None:
         mask = preprocess.mask_to_image(body, pair.fixed)
-        truth_body = sitk.GetArrayFromImage(preprocess.resample(mask, pair.field_grid, labels=True, default=0)) > 0
+        truth_body = sitk.GetArrayFromImage(preprocess.resample(mask, pair.truth.grid, labels=True, default=0)) > 0
         centroids = structure_centroids(pair.fixed_labels)
-        truth = pair.transform()
-        landmarks = centroids, np.array([truth.TransformPoint(tuple(p)) for p in centroids])
+        landmarks = centroids, pair.truth.apply(centroids)
     return Prepared(pair, *paths, body, truth_body, landmarks)
 
 
@@ -266,8 +266,9 @@ def evaluate(prepared: Prepared, field_path: Path) -> dict[str, float]:
     row["dice_mean"] = _nanmean([row[f"dice_{name}"] for name in TRAINING_STRUCTURES])
     stats = field_summary(field, grid, prepared.body)
     row.update({key: stats[key] for key in ("folding_percent", "sdlogj", "jacobian_min")})
-    if pair.field is not None:
-        error = (transform_to_field(transform, pair.field_grid) - pair.field)[0].norm(dim=0).numpy()
+    if pair.truth is not None:
+        truth = pair.truth.field_on(pair.truth.grid)
+        error = (transform_to_field(transform, pair.truth.grid) - truth)[0].norm(dim=0).numpy()
         error = error[prepared.truth_body]
         row.update(error_mean_mm=float(error.mean()), error_p95_mm=float(np.percentile(error, 95)),
                    tre_mm=float(metrics.target_registration_error(*prepared.landmarks, transform).mean()))

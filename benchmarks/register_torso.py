@@ -22,7 +22,7 @@ from pathlib import Path
 import SimpleITK as sitk
 import torch
 
-from TotalRegistratorLib.app.pipeline import run_evaluate
+from TotalRegistratorLib.app.evaluate_job import run_evaluate
 from TotalRegistratorLib.core import preprocess
 from TotalRegistratorLib.io import images
 from TotalRegistratorLib.simulation.pairs import deform_scan

@@ -17,7 +17,8 @@ from ..app.arguments import non_negative, positive
 from ..app.phantom_command import add_phantom_command
 from ..core import runtime
 from ..errors import InputError
-from ..optimization.optimizer import SIMILARITIES, OptimizationSettings
+from ..optimization.optimizer import OptimizationSettings
+from ..registry import BLOCKS, DEFAULT_OUTPUTS, OUTPUT_TABLE, OUTPUTS, PROGRAM, SIMILARITIES
 
 
 class ProgressBars:
@@ -59,19 +60,26 @@ def _iterations(text: str) -> tuple[int, ...]:
     return values
 
 
-def _blocks(text: str) -> tuple[str, ...]:
-    from ..learned.cascade import BLOCKS
+def _names(text: str, choices, what: str) -> tuple[str, ...]:
+    """A comma-separated subset of ``choices``, returned in the order of ``choices``."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in choices]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(unknown) or text!r}; "
+                                         f"choose from {', '.join(choices)}")
+    return tuple(c for c in choices if c in names)
 
+
+def _outputs(text: str) -> tuple[str, ...]:
+    return _names(text, tuple(OUTPUTS), "output(s)")
+
+
+def _blocks(text: str) -> tuple[str, ...]:
     if text == "none":
         return ()
     if text == "all":
         return BLOCKS
-    names = tuple(b.strip() for b in text.split(",") if b.strip())
-    unknown = [b for b in names if b not in BLOCKS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown block(s) {', '.join(unknown) or text!r}; "
-                                         f"choose from {', '.join(BLOCKS)}, all or none")
-    return tuple(b for b in BLOCKS if b in names)
+    return _names(text, BLOCKS, "block(s) (or all, none)")
 
 
 def _add_register(subparsers) -> None:
@@ -101,7 +109,12 @@ def _add_register(subparsers) -> None:
                    help="weight of the diffusion term")
     p.add_argument("--spacing", type=positive(float), default=defaults.spacing, help="finest working spacing in mm")
     p.add_argument("--export-spacing", type=positive(float), default=None,
-                   help="write the displacement field on a grid of this spacing (mm) instead of the fixed grid")
+                   help="write the field on the fixed image's box at this spacing (mm) instead of the working "
+                        "grid's lattice over the fixed image's box (the compact, exact default)")
+    p.add_argument("--outputs", type=_outputs, default=None, metavar="LIST",
+                   help="comma-separated outputs to write: " + ", ".join(
+                       f"{o.name} ({o.description})" for o in OUTPUT_TABLE)
+                   + f"; default {','.join(DEFAULT_OUTPUTS)} (and labels with label maps); report.json always")
     p.add_argument("--fixed-labels", type=Path, help="label map of the fixed image: report Dice before/after")
     p.add_argument("--moving-labels", type=Path, help="label map of the moving image (also warped)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -111,7 +124,8 @@ def _add_register(subparsers) -> None:
 
 
 def _run_register(args: argparse.Namespace) -> int:
-    from ..app.pipeline import DEFAULT_BLOCKS, run_register
+    from .pipeline import DEFAULT_BLOCKS
+    from .register_job import RegisterJob, run_register_job
 
     if len(args.iterations) != 2 or len(args.affine_iterations) != 2:
         raise InputError("--iterations and --affine-iterations take two values: coarse,fine")
@@ -126,10 +140,9 @@ def _run_register(args: argparse.Namespace) -> int:
     try:
         blocks = (DEFAULT_BLOCKS if args.weights is None else _blocks("all")) if args.blocks is None \
             else args.blocks
-        if not blocks and not args.refine:
-            raise InputError("--no-refine needs cascade blocks to run (--blocks)")
-        report = run_register(args.fixed, args.moving, args.output, settings, args.export_spacing,
-                              args.fixed_labels, args.moving_labels, bars, blocks, args.weights, args.refine)
+        job = RegisterJob(args.fixed, args.moving, args.output, settings, args.outputs, args.export_spacing,
+                          args.fixed_labels, args.moving_labels, blocks, args.weights, args.refine)
+        report = run_register_job(job, bars)
     finally:
         bars.close()
     summary = {"output": str(args.output), "seconds": round(report["timings_s"]["total"], 1),
@@ -152,7 +165,7 @@ def _add_warp(subparsers) -> None:
 
 
 def _run_warp(args: argparse.Namespace) -> int:
-    from ..app.pipeline import run_warp
+    from .warp_job import run_warp
 
     run_warp(args.input, args.transform, args.reference, args.output, args.labels)
     return 0
@@ -171,8 +184,8 @@ def _add_evaluate(subparsers) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from ..app.pipeline import run_evaluate
     from ..io.outputs import atomic_path, check_not_an_input, check_output_file, to_json
+    from .evaluate_job import run_evaluate
 
     if args.output:
         check_output_file(args.output, (".json",))
@@ -188,7 +201,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="totalregistrator", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=PROGRAM, description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
     for add in (_add_register, _add_warp, _add_evaluate, add_phantom_command):
         add(subparsers)

@@ -90,7 +90,7 @@ def gallery_row(pair: Pair) -> dict:
     row = {"fixed": _coronal(pair.fixed), "moving": _coronal(pair.moving),
            "labels": _coronal(pair.fixed_labels), "aspect": pair.fixed.GetSpacing()[2] / pair.fixed.GetSpacing()[0],
            "moving_aspect": pair.moving.GetSpacing()[2] / pair.moving.GetSpacing()[0], "kind": pair.kind}
-    if pair.field is not None:
+    if pair.truth is not None:
         warped = sitk.Resample(pair.moving, pair.fixed, pair.transform(), sitk.sitkLinear, -1000.0)
         row["warped"] = _coronal(warped)
     return row

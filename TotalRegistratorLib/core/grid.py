@@ -135,6 +135,15 @@ class Grid:
         spacing = np.asarray(self.spacing) * (np.asarray(self.size) - 1) / (size - 1)
         return Grid(tuple(size), tuple(spacing), self.origin, self.direction)
 
+    def aligned_cover(self, points: np.ndarray) -> Grid:
+        """The smallest grid with this grid's spacing, direction and voxel positions (its lattice, grown or
+        cropped by whole voxels) whose box holds every LPS point (n, 3)."""
+        idx = self.transform_points(np.asarray(points, float).reshape(-1, 3))
+        lower = np.floor(idx.min(axis=0) + 1e-6).astype(int)
+        upper = np.maximum(np.ceil(idx.max(axis=0) - 1e-6).astype(int), lower + 1)
+        origin = self.transform_indices(lower.astype(float))
+        return Grid(tuple(upper - lower + 1), self.spacing, tuple(origin), self.direction)
+
     def slab(self, start: int, stop: int) -> Grid:
         """The sub-grid of slices ``start:stop`` along k (same geometry, shifted origin)."""
         origin = self.transform_indices(np.array([0.0, 0.0, start]))

@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 from torch import nn

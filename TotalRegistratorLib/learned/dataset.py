@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..core.grid import Grid
-from ..core.preprocess import HU_RANGE, NETWORK_SIZE, body_grid, prepare, resample
+from ..core.preprocess import HU_RANGE, NETWORK_SIZE, Scan, network_grid, prepare, resample
 from ..errors import InputError
 from ..io.images import check_same_grid, read_image
 from ..io.labels import LABELS, TRAINING_STRUCTURES, PairRecord, read_structures

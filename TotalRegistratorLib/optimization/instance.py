@@ -1,6 +1,6 @@
-"""Register two CT volumes and produce everything a user keeps: transform, warped image, subtractions.
+"""Instance optimisation of one pair of scans, and resampling through its result.
 
-:func:`register` works on SimpleITK images (any size, spacing, direction and
+:func:`optimize_pair` works on SimpleITK images (any size, spacing, direction and
 origin) and returns a :class:`Result` whose ``transform`` maps fixed LPS points to
 moving ones (:class:`~TotalRegistratorLib.core.transform.Transform`);
 ``sitk.Resample(moving, fixed, result.to_sitk())`` aligns the moving image.
@@ -13,16 +13,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
-import torch
 
 from ..core import preprocess
-from ..core.fields import affine_field, resample_field
 from ..core.grid import Grid
-from ..core.itk_bridge import export_grid, field_to_transform
+from ..core.itk_bridge import export_grid
+from ..core.preprocess import Scan
+from ..core.transform import Transform
 from ..errors import InputError
 from ..optimization.optimizer import OptimizationSettings, Progress, optimize, resolve_device
-
-AIR_HU = -1000.0
+from ..registry import AIR_HU
 
 
 def check_overlap(fixed: Scan, moving: Scan) -> None:
@@ -55,12 +54,19 @@ class Result:
     fixed_mask: np.ndarray  # body mask on the fixed image's grid, [K, J, I]
     timings: dict[str, float] = field(default_factory=dict)
 
+    def export_grid(self, spacing: float | None = None) -> Grid:
+        """The grid of the exported field: by default the working grid's lattice over the fixed image's
+        box (same spacing and voxel positions, so ITK's linear interpolation reproduces :attr:`transform`
+        exactly); with ``spacing``, the fixed image's box at ``spacing`` mm."""
+        fixed = Grid.from_image(self.fixed)
+        return self.grid.aligned_cover(fixed.corners()) if spacing is None else export_grid(fixed, spacing)
+
     def to_sitk(self, spacing: float | None = None) -> sitk.Transform:
-        """The dense ITK transform on the fixed image's grid (or the same box at ``spacing`` mm)."""
-        return self.transform.to_sitk(export_grid(Grid.from_image(self.fixed), spacing))
+        """The ITK transform: affine when the map is linear, else a displacement field on :meth:`export_grid`."""
+        return self.transform.to_sitk(self.export_grid(spacing))
 
 
-def register(fixed: Scan, moving: Scan, settings: OptimizationSettings | None = None,
+def optimize_pair(fixed: Scan, moving: Scan, settings: OptimizationSettings | None = None,
              progress: Progress | None = None, start: Transform | None = None) -> Result:
     """Register ``moving`` onto ``fixed`` (CT in HU) by instance optimisation.
 

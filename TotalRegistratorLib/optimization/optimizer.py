@@ -33,11 +33,11 @@ from ..core.transform import Transform
 from ..errors import InputError
 from ..optimization import similarity
 from ..optimization.regularization import diffusion
+from ..registry import DEFAULT_AFFINE_ITERATIONS, DEFAULT_ITERATIONS, DEFAULT_SIMILARITY, SIMILARITIES, SIMILARITY_TABLE
 
 Progress = Callable[[str, int, int], None]
 """Called as ``progress(stage, done, total)`` while a stage runs."""
 
-SIMILARITIES = ("ncc", "mind", "mi")
 FOV_TOLERANCE = 1e-3  # voxels: points on an edge voxel centre count as inside whatever rounding says
 
 
@@ -45,13 +45,13 @@ FOV_TOLERANCE = 1e-3  # voxels: points on an edge voxel centre count as inside w
 class OptimizationSettings:
     """Settings of :func:`optimize`; lengths in mm, iterations per pyramid level (coarse first)."""
 
-    similarity: str = "ncc"
+    similarity: str = DEFAULT_SIMILARITY
     spacing: float = 2.5
     max_voxels: int = 2_500_000
     affine_levels: tuple[int, ...] = (4, 2)
-    affine_iterations: tuple[int, ...] = (80, 40)
+    affine_iterations: tuple[int, ...] = DEFAULT_AFFINE_ITERATIONS
     deformable_levels: tuple[int, ...] = (2, 1)
-    deformable_iterations: tuple[int, ...] = (100, 30)
+    deformable_iterations: tuple[int, ...] = DEFAULT_ITERATIONS
     smoothness: float = 1.0
     field_factor: int = 2
     ncc_radius: int = 2
@@ -82,6 +82,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+SIMILARITY_SPECS = {spec.name: spec for spec in SIMILARITY_TABLE}
+
+
 @dataclass
 class Level:
     """Fixed and moving features and masks at one pyramid level."""
@@ -95,31 +98,40 @@ class Level:
 
 
 class Similarity:
-    """A similarity measure as features (computed once per image) plus a loss between features."""
+    """A similarity measure of :data:`~TotalRegistratorLib.registry.SIMILARITY_TABLE` as features (computed
+    once per image), what the loss precomputes from the fixed features, and a loss between features."""
 
     def __init__(self, name: str, ncc_radius: int, generator: torch.Generator):
         self.name = name
         self.ncc_radius = ncc_radius
         self.generator = generator
-
-    @property
-    def reach(self) -> int:
-        """How many voxels around a voxel its loss term looks at."""
-        return {"ncc": self.ncc_radius, "mind": similarity.MIND_REACH, "mi": 0}[self.name]
-
-    def features(self, image: torch.Tensor) -> torch.Tensor:
-        return similarity.mind_ssc(image) if self.name == "mind" else image
-
-    def fixed_statistics(self, fixed: torch.Tensor):
-        """What the loss can precompute from the fixed features (NCC's local means and variances)."""
-        return similarity.local_statistics(fixed, self.ncc_radius) if self.name == "ncc" else None
+        reach = SIMILARITY_SPECS[name].reach
+        self.reach = ncc_radius if reach == "radius" else int(reach)  # voxels around a voxel its loss looks at
+        self.features, self.fixed_statistics, self._loss = getattr(self, f"_{name}")()
 
     def loss(self, level: Level, warped: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if self.name == "mind":
-            return similarity.mind_loss(level.fixed, warped, mask)
-        if self.name == "mi":
-            return similarity.mutual_information(level.fixed, warped, mask, generator=self.generator)
-        return similarity.local_ncc(level.fixed, warped, mask, self.ncc_radius, level.fixed_statistics)
+        return self._loss(level, warped, mask)
+
+    def _ncc(self):
+        return (_same, lambda fixed: similarity.local_statistics(fixed, self.ncc_radius),
+                lambda level, warped, mask: similarity.local_ncc(level.fixed, warped, mask, self.ncc_radius,
+                                                                 level.fixed_statistics))
+
+    def _mind(self):
+        return (similarity.mind_ssc, _nothing,
+                lambda level, warped, mask: similarity.mind_loss(level.fixed, warped, mask))
+
+    def _mi(self):
+        return (_same, _nothing, lambda level, warped, mask: similarity.mutual_information(
+            level.fixed, warped, mask, generator=self.generator))
+
+
+def _same(image: torch.Tensor) -> torch.Tensor:
+    return image
+
+
+def _nothing(fixed: torch.Tensor) -> None:
+    return None
 
 
 def downsample(image: torch.Tensor, grid: Grid, factor: int, domain: Grid) -> tuple[torch.Tensor, Grid]:

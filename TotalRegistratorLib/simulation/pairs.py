@@ -25,8 +25,9 @@ import SimpleITK as sitk
 import torch
 
 from ..core.grid import Grid
-from ..core.itk_bridge import export_grid, field_to_image, field_to_transform
+from ..core.itk_bridge import export_grid, field_to_image
 from ..core.preprocess import body_mask
+from ..core.transform import Transform
 from ..io.images import check_same_grid, write_image, write_transform
 from ..io.labels import LABELS, PairRecord
 from ..simulation.phantom import Phantom, make_phantom, random_state, render, scan_grid, world_point_chunks
@@ -91,12 +92,12 @@ class Motion:
             d += strength * r * torch.exp(-(r**2).sum(1, keepdim=True) / (2 * sigma**2))
         return d
 
-    def field(self, grid: Grid) -> torch.Tensor:
-        """The ground truth ``u(x) = g(x) - x`` on ``grid`` (fixed side): [1, 3, K, J, I] float32, LPS mm."""
+    def transform(self, grid: Grid) -> Transform:
+        """The ground truth ``g`` sampled on ``grid`` (fixed side): ``x + u(x)`` with ``u(x) = g(x) - x``."""
         u = torch.empty(grid.num_voxels, 3, dtype=torch.float32)
         for start, stop, world in world_point_chunks(grid):
             u[start:stop] = (self(world) - world).float()
-        return u.T.reshape(1, 3, *grid.shape)
+        return Transform.from_field(u.T.reshape(1, 3, *grid.shape), grid)
 
     def unpose(self, points: np.ndarray) -> np.ndarray:
         """The inverse of the rigid part: moving-frame points -> fixed world points."""
@@ -174,19 +175,18 @@ def scan_landmarks(image: sitk.Image, labels: sitk.Image | None, rng: np.random.
 
 @dataclass
 class Pair:
-    """Two scans with label maps; ``field`` is the ground-truth pullback on ``field_grid`` (None for ``inter``)."""
+    """Two scans with label maps; ``truth`` maps fixed points into the moving image (None for ``inter``)."""
 
     kind: str
     fixed: sitk.Image
     moving: sitk.Image
     fixed_labels: sitk.Image
     moving_labels: sitk.Image
-    field: torch.Tensor | None = None  # noqa: F811
-    field_grid: Grid | None = None
+    truth: Transform | None = None
 
     def transform(self) -> sitk.Transform | None:
-        """The ground truth as an ITK transform mapping fixed points into the moving image."""
-        return None if self.field is None else field_to_transform(self.field, self.field_grid)
+        """The ground truth as an ITK transform (a displacement field on its own grid)."""
+        return None if self.truth is None else self.truth.to_sitk()
 
     def write(self, folder: str | os.PathLike, stem: str, ground_truth: bool = True) -> PairRecord:
         """Write images, label maps and (unless ``ground_truth`` is False, e.g. for training data, which
@@ -197,11 +197,11 @@ class Pair:
         for key, path in names.items():
             write_image(getattr(self, key), path)
         transform = None
-        if self.field is not None and ground_truth:
+        if self.truth is not None and ground_truth:
             transform = folder / f"{stem}_transform.h5"
             write_transform(self.transform(), transform)
-            write_image(sitk.Cast(field_to_image(self.field, self.field_grid), sitk.sitkVectorFloat32),
-                        folder / f"{stem}_displacement.nii.gz")
+            write_image(sitk.Cast(field_to_image(self.truth.field_on(self.truth.grid), self.truth.grid),
+                                  sitk.sitkVectorFloat32), folder / f"{stem}_displacement.nii.gz")
         return PairRecord(names["fixed"], names["moving"], names["fixed_labels"], names["moving_labels"], transform)
 
 
@@ -240,7 +240,7 @@ def make_pair(kind: str, seed: int, spacing=None, size=None) -> Pair:
     fixed = render(ph, fixed_grid, fixed_state, mapping=motion)
     moving = render(ph, moving_grid, moving_state)
     grid = _field_grid(fixed_grid)
-    return Pair(kind, fixed.image, moving.image, fixed.labels, moving.labels, motion.field(grid), grid)
+    return Pair(kind, fixed.image, moving.image, fixed.labels, moving.labels, motion.transform(grid))
 
 
 def deform_scan(image: sitk.Image, labels: sitk.Image | None, seed: int, kind: str = "intra") -> Pair:
@@ -252,12 +252,11 @@ def deform_scan(image: sitk.Image, labels: sitk.Image | None, seed: int, kind: s
     rng = np.random.default_rng(seed)
     motion = sample_motion(rng, scan_landmarks(image, labels, rng), kind)
     grid = Grid.from_image(image)
-    field_grid = _field_grid(grid)
-    field = motion.field(field_grid)
-    transform = field_to_transform(field, field_grid)
+    truth = motion.transform(_field_grid(grid))
+    transform = truth.to_sitk()
     air = float(np.min(sitk.GetArrayViewFromImage(image)))
     fixed = sitk.Resample(image, image, transform, sitk.sitkLinear, air)
     fixed_labels = None
     if labels is not None:
         fixed_labels = sitk.Resample(labels, labels, transform, sitk.sitkNearestNeighbor, 0)
-    return Pair(f"augmented-{kind}", fixed, image, fixed_labels, labels, field, field_grid)
+    return Pair(f"augmented-{kind}", fixed, image, fixed_labels, labels, truth)

@@ -24,10 +24,13 @@ def options(parser) -> None:
 
 def main() -> None:
     args = protocol.parse(__doc__.splitlines()[0], options)
+    import SimpleITK as sitk
     import torch
 
-    from TotalRegistratorLib.app import pipeline
-    from TotalRegistratorLib.core.itk_bridge import displacement_image
+    from TotalRegistratorLib.app import pipeline, report
+    from TotalRegistratorLib.core.grid import Grid
+    from TotalRegistratorLib.core.itk_bridge import field_to_image
+    from TotalRegistratorLib.core.preprocess import Scan
     from TotalRegistratorLib.io import images
     from TotalRegistratorLib.optimization.optimizer import OptimizationSettings
 
@@ -36,15 +39,18 @@ def main() -> None:
     settings = OptimizationSettings(seed=args.seed, device=args.device)
     cascade = pipeline.load_cascade(args.weights, tuple(args.blocks.split(","))) if args.blocks else None
     start = time.perf_counter()
-    result, stages = pipeline.register_images(fixed, moving, settings, cascade, refine=args.refine or cascade is None)
+    result, stages = pipeline.register(Scan(fixed, str(args.fixed)), Scan(moving, str(args.moving)), settings, cascade,
+                                       refine=args.refine or cascade is None)
     if args.device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    images.write_image(displacement_image(result.transform()), args.out / protocol.FIELD, compress=False)
+    grid = Grid.from_image(fixed)
+    field = sitk.Cast(field_to_image(result.transform.field_on(grid), grid), sitk.sitkVectorFloat32)
+    images.write_image(field, args.out / protocol.FIELD, compress=False)
     details = {"stages_s": stages}
     if args.device == "cuda":
         details["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    protocol.finish(args, seconds, pipeline.versions(), **details)
+    protocol.finish(args, seconds, report.versions(), **details)
 
 
 if __name__ == "__main__":
