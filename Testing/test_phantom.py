@@ -8,7 +8,7 @@ import SimpleITK as sitk
 from single_thread import one_thread  # noqa: F401  (autouse)
 
 from TotalRegistratorLib.core.grid import Grid
-from TotalRegistratorLib.io.labels import LABELS
+from TotalRegistratorLib.registry import LABELS
 from TotalRegistratorLib.simulation import phantom
 
 # plausible adult ranges: volume (ml) and mean HU in portal-venous phase
