@@ -95,8 +95,8 @@ def observe_scene_loads(scene) -> int:
     Returns the observer's tag (``scene.RemoveObserver(tag)`` stops it).
     """
     def relinearize(caller, _event) -> None:
-        for node in slicer.util.getNodesByClass("vtkMRMLTransformNode", caller):
-            if node.GetAttribute(LINEAR_ATTRIBUTE) == "1":
+        for node in (caller.GetNthNode(i) for i in range(caller.GetNumberOfNodes())):  # not slicer.util's
+            if node.IsA("vtkMRMLTransformNode") and node.GetAttribute(LINEAR_ATTRIBUTE) == "1":  # slicer.mrmlScene
                 linear_grids(node)
 
     return scene.AddObserver(slicer.vtkMRMLScene.EndImportEvent, relinearize)
