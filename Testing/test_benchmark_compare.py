@@ -94,7 +94,13 @@ def test_harness_with_instance_optimisation(spec, tmp_path):
     io_line = next(line for line in text.splitlines() if line.startswith("| phantom translation | Instance"))
     assert io_line.endswith(f"| {rows['io']['seconds']:.1f} |")  # each group's registration time
     compare.boxplot(list(rows.values()), methods, tmp_path / "box.png")
-    assert (tmp_path / "box.png").stat().st_size > 0
+    import matplotlib.pyplot as plt
+
+    pixels = plt.imread(tmp_path / "box.png")[..., :3]
+    assert pixels.shape[:2] == (round((3.2 + 0.8) * 110), round(14.0 * 110))  # one group panel, 110 dpi
+    for i in range(len(methods)):  # every method's boxes are drawn in its colour
+        colour = np.array(plt.get_cmap("tab10")(i)[:3])
+        assert (np.abs(pixels - colour).max(axis=-1) < 0.02).sum() > 50, methods[i].key
 
 
 def test_speedup_over_elastix_is_per_pair_on_pairs_both_finished():

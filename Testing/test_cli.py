@@ -15,6 +15,7 @@ from conftest import torso
 from TotalRegistratorLib.app.cli import main
 from TotalRegistratorLib.core import metrics
 from TotalRegistratorLib.core.grid import Grid
+from TotalRegistratorLib.core.preprocess import Scan, network_grid
 from TotalRegistratorLib.optimization.optimizer import resolve_device
 from TotalRegistratorLib.registry import DEFAULT_OUTPUTS, OUTPUT_TABLE, OUTPUTS
 
@@ -89,8 +90,11 @@ def test_register_writes_every_output(registered, pair):
     assert report["similarity_local_ncc"]["after"] > report["similarity_local_ncc"]["before"]
     assert report["dice"]["mean_after"] > report["dice"]["mean_before"]
     assert report["field_in_body"]["folding_percent"] < 1.0
-    for stage in ("read", "preprocess", "affine", "deformable", "export", "write", "total"):
-        assert report["timings_s"][stage] >= 0
+    timings = report["timings_s"]
+    stages = ("read", "preprocess", "pyramid", "affine", "deformable", "export", "write")
+    assert set(timings) == {*stages, "total"}
+    assert all(timings[stage] > 0 for stage in stages)
+    assert timings["total"] == pytest.approx(sum(timings[stage] for stage in stages))
     assert report["peak_memory_mb"] > 0 and report["versions"]["torch"].startswith("2.13")
     assert report["device"] == str(resolve_device("auto")) and report["weights"] is None  # no cascade ran
 
@@ -235,14 +239,22 @@ def untrained_weights(tmp_path_factory) -> Path:
 def test_affine_only_cascade_writes_a_linear_transform(pair, untrained_weights, tmp_path):
     out = tmp_path / "affine"
     assert main(["register", str(pair["fixed"]), str(pair["moving"]), "-o", str(out), "--blocks", "affine",
-                 "--no-refine", "--weights", str(untrained_weights), *QUICK]) == 0
+                 "--no-refine", "--weights", str(untrained_weights), "--outputs", "transform,displacement",
+                 *QUICK]) == 0
     transform = sitk.ReadTransform(str(out / "transform.h5"))
     if isinstance(transform, sitk.CompositeTransform):
         transform = transform.GetNthTransform(0)
     assert transform.GetName() == "AffineTransform"
     # an untrained affine block is the identity in network space: the map between the two body boxes
+    boxes = [network_grid(Scan(sitk.ReadImage(str(pair[side]))), size=(32, 24, 40)) for side in ("fixed", "moving")]
+    box_map = boxes[1].index_to_world @ boxes[0].world_to_index
+    matrix = np.eye(4)
+    matrix[:3, :3] = np.reshape(transform.GetMatrix(), (3, 3))
+    matrix[:3, 3] = np.add(transform.GetTranslation(), transform.GetCenter()) - matrix[:3, :3] @ transform.GetCenter()
+    np.testing.assert_allclose(matrix, box_map, atol=1e-4)
     report = json.loads((out / "report.json").read_text())
     assert report["blocks"] == ["affine"] and report["refine"] is False and "cascade" in report["timings_s"]
+    np.testing.assert_allclose(report["affine_matrix"], box_map, atol=1e-4)
     point = (10.0, -5.0, 20.0)
     displacement = sitk.ReadImage(str(out / "displacement.nii.gz"))
     index = displacement.TransformPhysicalPointToIndex(point)
