@@ -1,9 +1,10 @@
-"""The Slicer module's files, checked without Slicer: .ui widget names, CMake file lists, pins, process runner."""
+"""The Slicer module's files, checked without Slicer: CMake lists, extension metadata, the .ui file, the
+supported versions, dependency plans, presets and the subprocess runner (the Qt-free parts of the module
+are imported; no source text is searched)."""
 
 from __future__ import annotations
 
-import ast
-import os
+import glob
 import re
 import sys
 import time
@@ -14,206 +15,162 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULE = ROOT / "TotalRegistrator"
-LIBRARY = ROOT / "TotalRegistratorLib"
 sys.path.insert(0, str(MODULE))
 
-from TotalRegistratorSlicer.process import ProcessRunner, Progress, parse_progress  # noqa: E402
+from TotalRegistratorSlicer import DOCUMENTATION, dependencies, parameters  # noqa: E402
+from TotalRegistratorSlicer.library import library_root, registry, shipped_blocks  # noqa: E402
+from TotalRegistratorSlicer.runner import SubprocessRunner, child_environment, parse_progress  # noqa: E402
 
 
-def module_source() -> str:
-    return (MODULE / "TotalRegistrator.py").read_text()
+def cmake_set(path: Path, name: str) -> list[str]:
+    """The items of ``set(NAME ...)`` in a CMake file, with the variables the module uses expanded."""
+    match = re.search(rf"set\({name}\s+(.*?)\)\n", path.read_text(), re.S)
+    assert match, f"{name} not set in {path}"
+    text = match.group(1).replace("${MODULE_NAME}", "TotalRegistrator")
+    return [item.strip('"') for item in re.findall(r'"[^"]*"|\S+', text)]
 
 
-def logic_constant(name: str, **names):
-    """A constant of TotalRegistratorSlicer/logic.py (which needs slicer to import): a literal, or an
-    expression of the constants given in ``names``."""
-    tree = ast.parse((MODULE / "TotalRegistratorSlicer" / "logic.py").read_text())
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
-            if not names:
-                return ast.literal_eval(node.value)
-            return eval(compile(ast.Expression(node.value), "logic.py", "eval"), {"__builtins__": {}}, names)
-    raise KeyError(name)
+def cmake_glob(name: str) -> set[str]:
+    """The files a ``file(GLOB[_RECURSE] NAME RELATIVE ${LIBRARY_DIR} ... PATTERN)`` of the module matches."""
+    library = r"\$\{LIBRARY_DIR\}"
+    match = re.search(rf"file\((GLOB\w*) {name} RELATIVE {library} CONFIGURE_DEPENDS {library}/(\S+)\)",
+                      (MODULE / "CMakeLists.txt").read_text())
+    assert match, f"{name}: no file(GLOB ...) in TotalRegistrator/CMakeLists.txt"
+    base = ROOT / "TotalRegistratorLib"
+    pattern = match.group(2).replace("*.", "**/*.") if match.group(1) == "GLOB_RECURSE" else match.group(2)
+    return {Path(p).relative_to(base).as_posix() for p in glob.glob(str(base / pattern), recursive=True)}
 
 
-def ui_widgets() -> dict[str, ET.Element]:
-    tree = ET.parse(MODULE / "Resources" / "UI" / "TotalRegistrator.ui")
-    return {w.get("name"): w for w in tree.iter("widget") if w.get("name")}
+def test_cmake_lists_every_file_of_the_module():
+    scripts = set(cmake_set(MODULE / "CMakeLists.txt", "MODULE_PYTHON_SCRIPTS"))
+    present = {p.relative_to(MODULE).as_posix() for p in MODULE.rglob("*.py")}
+    assert scripts == present, f"listed but absent or present but not listed: {sorted(scripts ^ present)}"
+    resources = set(cmake_set(MODULE / "CMakeLists.txt", "MODULE_PYTHON_RESOURCES"))
+    on_disk = {p.relative_to(MODULE).as_posix() for p in (MODULE / "Resources").rglob("*") if p.is_file()}
+    assert resources == on_disk, sorted(resources ^ on_disk)
 
 
-def cmake_list(name: str) -> list[str]:
-    text = (MODULE / "CMakeLists.txt").read_text()
-    match = re.search(rf"set\({name}\s+(.*?)\)", text, re.S)
-    assert match, f"{name} not set in TotalRegistrator/CMakeLists.txt"
-    return [item.replace("${MODULE_NAME}", "TotalRegistrator") for item in match.group(1).split()]
+def test_cmake_ships_the_whole_library_and_its_weights():
+    scripts = cmake_glob("LIBRARY_SCRIPTS")
+    every = {p.relative_to(ROOT / "TotalRegistratorLib").as_posix()
+             for p in (ROOT / "TotalRegistratorLib").rglob("*.py") if "__pycache__" not in p.parts}
+    assert scripts == every and {"__main__.py", "registry.py", "weights/__init__.py"} <= scripts
+    assert cmake_glob("LIBRARY_WEIGHTS") == {f"weights/{block}.pt" for block in shipped_blocks()}
+    assert shipped_blocks() == registry.BLOCKS, "the extension ships every block"
+    assert library_root() == ROOT
 
 
-def test_every_widget_the_module_uses_is_in_the_ui_file():
-    widgets = ui_widgets()
-    used = set(re.findall(r"self\.ui\.(\w+)", module_source()))
-    assert 'getattr(self.ui, f"{block}CheckBox")' in module_source()
-    used |= {f"{block}CheckBox" for block in logic_constant("BLOCKS")}
-    missing = used - set(widgets)
-    assert not missing, f"widgets used in TotalRegistrator.py but absent from the .ui: {sorted(missing)}"
+def test_extension_metadata_names_files_of_this_repository_and_the_supported_versions():
+    top = ROOT / "CMakeLists.txt"
+    repository = cmake_set(top, "EXTENSION_REPOSITORY")[0]
+    homepage = cmake_set(top, "EXTENSION_HOMEPAGE")[0].replace("${EXTENSION_REPOSITORY}", repository)
+    assert homepage == DOCUMENTATION, "the module's documentation link is the extension's homepage"
+    raw = repository.replace("https://github.com/", "https://raw.githubusercontent.com/") + "/main/"
+    urls = [homepage.replace(f"{repository}/blob/main/", raw)] + cmake_set(top, "EXTENSION_ICONURL") \
+        + cmake_set(top, "EXTENSION_SCREENSHOTURLS")
+    for url in urls:
+        assert url.startswith(raw), url
+        assert (ROOT / url[len(raw):]).is_file(), url
+    assert "Slicer 5.10 and later" in cmake_set(top, "EXTENSION_DESCRIPTION")[0]
+    assert cmake_set(top, "EXTENSION_MINIMUM_SLICER_VERSION") == ["5.10"]
+    assert dependencies.SUPPORTED_SLICER == "Slicer 5.10 and later"
+    assert dependencies.SUPPORTED_SLICER in (MODULE / "README.md").read_text()
+    assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in (MODULE / "CMakeLists.txt").read_text()
 
 
-def test_ui_parameters_are_the_parameter_node_fields():
-    tree = ast.parse(module_source())
-    wrapper = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TotalRegistratorParameterNode")
-    fields = {n.target.id for n in wrapper.body if isinstance(n, ast.AnnAssign)}
-    bound = {}
-    for name, widget in ui_widgets().items():
-        for prop in widget.findall("property"):
-            if prop.get("name") == "SlicerParameterName":
-                bound[prop.find("string").text] = name
-    assert set(bound) == fields, (sorted(set(bound) ^ fields))
-    # every qMRML selector gets the scene from the module widget
-    tree = ET.parse(MODULE / "Resources" / "UI" / "TotalRegistrator.ui")
-    receivers = {c.findtext("receiver") for c in tree.iter("connection")}
-    mrml = {n for n, w in ui_widgets().items() if w.get("class").startswith("qMRML") and n != "TotalRegistrator"}
-    assert mrml <= receivers
+def test_the_license_is_the_apache_license():
+    text = (ROOT / "LICENSE").read_text()
+    assert text.split()[:4] == ["Apache", "License", "Version", "2.0,"] and "END OF TERMS AND CONDITIONS" in text
+    assert 'license = { text = "Apache-2.0" }' in (ROOT / "pyproject.toml").read_text()
 
 
-def module_imports(path: Path) -> set[Path]:
-    """Files of the module folder that ``path`` imports, transitively."""
-    found, todo = set(), [path]
-    while todo:
-        current = todo.pop()
-        if current in found:
-            continue
-        found.add(current)
-        for node in ast.walk(ast.parse(current.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level:
-                base = current.parent / (node.module or "").replace(".", "/")
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                base = MODULE / node.module.replace(".", "/")
-            else:
-                continue
-            candidates = [base.with_suffix(".py"), base / "__init__.py", *(base / f"{a.name}.py" for a in node.names)]
-            for candidate in candidates:
-                if candidate.is_file():
-                    todo.append(candidate)
-                    if candidate.name != "__init__.py" and (candidate.parent / "__init__.py").is_file():
-                        todo.append(candidate.parent / "__init__.py")
-    return found
+def test_an_old_slicer_python_is_refused_naming_the_supported_versions():
+    dependencies.check_python((3, 12, 0))
+    dependencies.check_python(dependencies.MINIMUM_PYTHON)
+    with pytest.raises(dependencies.DependencyError, match=r"needs Slicer 5\.10 and later .*this Slicer has "
+                                                         r"Python 3\.9\.10"):
+        dependencies.check_python((3, 9, 10))
 
 
-def library_imports() -> set[str]:
-    """Library modules that ``python -m TotalRegistratorLib`` may import (also inside functions)."""
-    found, todo = set(), ["__main__", "__init__"]
-    while todo:
-        name = todo.pop()
-        if name in found:
-            continue
-        found.add(name)
-        for node in ast.walk(ast.parse((LIBRARY / f"{name}.py").read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level:
-                names = [node.module.split(".")[0]] if node.module else [a.name for a in node.names]
-                todo += [n for n in names if (LIBRARY / f"{n}.py").is_file()]
-    return found
+def test_the_dependency_plan_upgrades_an_old_torch_and_adds_missing_packages():
+    def versions(**installed):
+        return lambda name: installed.get(name)
+
+    everything = {name: "1.0" for name in dependencies.REQUIREMENTS}
+    assert dependencies.plan(versions(torch="2.13.0", **everything)).empty()
+    assert dependencies.plan(versions(torch="2.4.0+cu121", **everything)).empty()
+    assert dependencies.plan(versions(torch="2.1.2+cu118", **everything)).torch == ">=2.4"
+    assert dependencies.plan(versions(torch="2.3.99", **everything)).torch == ">=2.4"
+    missing = dependencies.plan(versions(torch="2.13.0", nibabel="5.0"))
+    assert missing.torch is None and missing.packages == ("scipy==1.17.1", "matplotlib==3.11.2", "tqdm==4.70.1")
+    assert dependencies.plan(versions()).describe().startswith("PyTorch >=2.4, nibabel==")
 
 
-def test_cmake_lists_every_file_the_module_imports():
-    scripts = set(cmake_list("MODULE_PYTHON_SCRIPTS"))
-    imported = {p.relative_to(MODULE).as_posix() for p in module_imports(MODULE / "TotalRegistrator.py")}
-    assert imported <= scripts, f"not in MODULE_PYTHON_SCRIPTS: {sorted(imported - scripts)}"
-    assert all((MODULE / s).is_file() for s in scripts)
-
-    resources = set(cmake_list("MODULE_PYTHON_RESOURCES"))
-    used = {f"Resources/{p}" for p in re.findall(r'resourcePath\("([^"]+)"\)', module_source())}
-    used |= {"Resources/Icons/TotalRegistrator.png"}  # the module icon Slicer loads by convention
-    assert used <= resources and all((MODULE / r).is_file() for r in resources)
-
-    library = set(cmake_list("LIBRARY_MODULES"))
-    needed = library_imports()
-    assert needed <= library, f"not in LIBRARY_MODULES: {sorted(needed - library)}"
-    assert all((LIBRARY / f"{m}.py").is_file() for m in library)
-    assert tuple(cmake_list("LIBRARY_WEIGHTS")) == logic_constant("BLOCKS")
-    assert "add_subdirectory(TotalRegistrator)" in (ROOT / "CMakeLists.txt").read_text()
-
-
-def test_extension_icon_and_screenshot_urls_point_at_files_of_this_repository():
-    text = (ROOT / "CMakeLists.txt").read_text()
-    urls = re.findall(r"https://raw\.githubusercontent\.com/[^/\s]+/[^/\s]+/main/([^\s\"]+)", text)
-    assert len(urls) >= 2, "icon and at least one screenshot"
-    missing = [path for path in urls if not (ROOT / path).is_file()]
-    assert not missing, missing
-
-
-def test_logic_constants_match_the_library_and_the_pins():
-    from TotalRegistratorLib import cascade, pipeline
-    from TotalRegistratorLib.optimize import OptimizationSettings
-
-    assert logic_constant("BLOCKS") == cascade.BLOCKS
-    assert logic_constant("DEFAULT_ITERATIONS") == tuple(OptimizationSettings().deformable_iterations)
-    # the weights folder the library reads is Resources/weights beside TotalRegistratorLib, as CMake installs it
-    assert pipeline.DEFAULT_WEIGHTS == ROOT / "Resources" / "weights"
-    pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
-                if "==" in line and not line.startswith("#"))
-    pins = {k.lower(): v for k, v in pins.items()}
-    for name, version in logic_constant("REQUIREMENTS").items():
+def test_the_pinned_packages_are_the_project_pins():
+    pins = {k.lower(): v for k, v in (line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
+                                      if "==" in line and not line.startswith("#"))}
+    for name, version in dependencies.REQUIREMENTS.items():
         assert pins[name.lower()] == version, name
+    assert dependencies.release(pins["torch"]) >= dependencies.release(dependencies.MINIMUM_TORCH)
 
 
-def test_presets_are_distinct_runnable_choices():
-    blocks = logic_constant("BLOCKS")
-    presets = logic_constant("PRESETS", BLOCKS=blocks)
-    for name, (chosen, refine) in presets.items():
-        assert chosen or refine, f"{name} runs nothing"
-        assert chosen == tuple(b for b in blocks if b in chosen), f"{name}: blocks out of the cascade's order"
-    assert len(set(presets.values())) == len(presets), "two presets are the same choice"
-    assert presets["Affine only"] == (("affine",), False)  # a linear transform node, as the READMEs promise
-    # the parameter node's defaults (no block, refinement on) show as the instance-optimisation preset
-    defaults = re.findall(r"^\s+(affine|bone|thorax|abdomen|wholebody|refine): bool = (True|False)$",
-                          module_source(), re.M)
-    state = {k: v == "True" for k, v in defaults}
-    assert presets["Instance optimisation only"] == (tuple(b for b in blocks if state[b]), state["refine"])
+def test_presets_are_distinct_runnable_choices_of_the_library_blocks():
+    for name, (blocks, refine) in parameters.PRESETS.items():
+        assert blocks or refine, f"{name} runs nothing"
+        assert blocks == tuple(b for b in registry.BLOCKS if b in blocks), f"{name}: blocks out of the cascade's order"
+        parameters.RegistrationParameters(blocks=blocks, refine=refine).check()
+    assert len(set(parameters.PRESETS.values())) == len(parameters.PRESETS), "two presets are the same choice"
+    assert parameters.preset_of((), True) == "Instance optimisation only"  # the panel's defaults
+    assert parameters.preset_of(("bone",), True) is None
+    assert parameters.available_presets(("affine",)) == ["Affine only", "Instance optimisation only"]
 
 
-def test_cli_progress_lines_parse(capsys):
-    from TotalRegistratorLib.cli import ProgressBars
+def test_the_ui_binds_each_parameter_once_and_gives_every_selector_the_scene():
+    tree = ET.parse(MODULE / "Resources" / "UI" / "TotalRegistrator.ui")
+    widgets = {w.get("name"): w for w in tree.iter("widget") if w.get("name")}
+    bound = [p.find("string").text for w in widgets.values() for p in w.findall("property")
+             if p.get("name") == "SlicerParameterName"]
+    assert len(bound) == len(set(bound))
+    receivers = {c.findtext("receiver") for c in tree.iter("connection")}
+    selectors = {n for n, w in widgets.items() if w.get("class").startswith("qMRML") and n != "TotalRegistrator"}
+    assert selectors <= receivers
 
-    ProgressBars("json")("deformable", 3, 10)
-    assert parse_progress(capsys.readouterr().err.strip()) == Progress("deformable", 3, 10)
-    assert parse_progress("totalregistrator: error: x: no such file or folder") is None
-    assert parse_progress('{"stage": "affine"}') is None
 
-
-def run_until_done(runner: ProcessRunner, timeout: float = 30.0):
+def finish(runner: SubprocessRunner, timeout: float = 30.0):
     lines, deadline = [], time.monotonic() + timeout
     while time.monotonic() < deadline:
         code, new = runner.poll()
         lines += new
         if code is not None:
             return code, lines
-        time.sleep(0.02)
+        runner.wait(0.05)
     pytest.fail("child process did not end")
 
 
-def test_process_runner_collects_both_streams_and_the_exit_code():
-    runner = ProcessRunner()
+def test_subprocess_runner_collects_both_streams_and_the_exit_code():
+    runner = SubprocessRunner()
     code = ("import sys, json\n"
             "for i in range(3): print(json.dumps({'stage': 's', 'done': i, 'total': 2}), file=sys.stderr)\n"
-            "print('summary')\nprint('totalregistrator: error: bad', file=sys.stderr)\nsys.exit(2)")
-    runner.start([sys.executable, "-c", code])
-    exit_code, lines = run_until_done(runner)
-    assert exit_code == 2
-    assert ("stdout", "summary") in lines
+            f"print('summary')\nprint({registry.ERROR_PREFIX + 'bad'!r}, file=sys.stderr)\nsys.exit(2)")
+    runner.start([sys.executable, "-c", code], child_environment(str(ROOT)))
+    exit_code, lines = finish(runner)
+    assert exit_code == 2 and ("stdout", "summary") in lines
     stderr = [line for stream, line in lines if stream == "stderr"]
     assert [parse_progress(line).done for line in stderr[:3]] == [0, 1, 2]
-    assert stderr[3] == "totalregistrator: error: bad"
+    assert stderr[3] == registry.ERROR_PREFIX + "bad" and parse_progress(stderr[3]) is None
 
 
-def test_process_runner_cancel_kills_the_child():
-    runner = ProcessRunner()
-    runner.start([sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"])
-    start = time.monotonic()
-    runner.cancel()
-    assert runner.process.poll() is not None and time.monotonic() - start < 10
-    runner.cancel()  # idempotent
+def test_waiting_for_a_quiet_process_does_not_spin():
+    runner = SubprocessRunner()
+    runner.start([sys.executable, "-c", "import time; time.sleep(1.5)"], child_environment(str(ROOT)))
+    cpu, wall = time.process_time(), time.monotonic()
+    assert finish(runner)[0] == 0
+    assert time.monotonic() - wall > 1.0 and time.process_time() - cpu < 0.3
 
 
 def _ended(pid: int) -> bool:
+    import os
+
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -222,22 +179,23 @@ def _ended(pid: int) -> bool:
     return status.is_file() and "State:\tZ" in status.read_text()  # killed, not yet reaped
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="POSIX process groups")
-def test_process_runner_cancel_kills_what_a_launcher_started():
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX process table")
+def test_cancel_kills_what_a_launcher_started():
     """Like Slicer's PythonSlicer: the launcher runs the interpreter as its own child, sharing the pipes."""
     launcher = ("import subprocess, sys\n"
                 "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
                 "print(child.pid, flush=True)\nchild.wait()")
-    runner = ProcessRunner()
-    runner.start([sys.executable, "-c", launcher])
+    runner = SubprocessRunner()
+    runner.start([sys.executable, "-c", launcher], child_environment(str(ROOT)))
     lines, deadline = [], time.monotonic() + 30
     while not lines and time.monotonic() < deadline:
         lines = [line for stream, line in runner.poll()[1] if stream == "stdout"]
-        time.sleep(0.02)
+        runner.wait(0.05)
     child = int(lines[0])
     start = time.monotonic()
     runner.cancel()
-    assert time.monotonic() - start < 10, "cancel waited for the launcher's child"
+    assert runner.process.poll() is not None and time.monotonic() - start < 10
     while not _ended(child) and time.monotonic() - start < 10:
         time.sleep(0.05)
     assert _ended(child), "the launcher's child survived cancel"
+    runner.cancel()  # idempotent

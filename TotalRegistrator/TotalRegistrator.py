@@ -1,119 +1,115 @@
-"""TotalRegistrator: whole-body CT deformable registration in 3D Slicer.
+"""TotalRegistrator: whole-body CT deformable registration in 3D Slicer (Slicer 5.10 and later).
 
-A thin module: the panel (Widget), Slicer-only helpers (dependencies, sample
-data) and the module's Test. The logic that Slicer's Python console and the
-tests use works without Qt and lives in ``TotalRegistratorSlicer.logic``; the
-registration itself runs in ``TotalRegistratorLib``'s command line in a child
-process.
+The module file holds only what needs Slicer's application: the module, the
+panel, the Slicer logic (QProcess runner, Slicer's temporary folder, dependency
+installation), the sample data's file reader and the self-test. The logic
+itself lives in ``TotalRegistratorSlicer`` and runs with MRML alone.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import logging
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
 import qt
 import slicer
 import vtk
+from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
-    ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
-from TotalRegistratorSlicer import logic as core
+from TotalRegistratorSlicer import DOCUMENTATION, dependencies, logic, nodes, parameters, sample
+from TotalRegistratorSlicer.library import registry, shipped_blocks
+from TotalRegistratorSlicer.qprocess import QProcessRunner
+from TotalRegistratorSlicer.selftest import TotalRegistratorTest  # noqa: F401 (Slicer finds the test here)
 
-DEVICE_CHOICES = {"auto": "auto", "CPU": "cpu", "GPU": "cuda"}  # panel text -> command line value
-CUSTOM_PRESET = "Custom"
-SEGMENTATIONS_REFERENCE = "segmentationToTransform"  # parameter node references: the checked segmentations
+SAMPLE = Path(__file__).parent / "Resources" / "SampleData" / "TotalRegistratorPhantomPair.trphantom"
 
 
 class TotalRegistrator(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "TotalRegistrator"
-        self.parent.categories = ["Registration"]
-        self.parent.dependencies = []
+        self.parent.title = _("TotalRegistrator")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Registration")]
         self.parent.contributors = ["TotalRegistrator developers"]
-        self.parent.helpText = """
-Deformable registration of two CT volumes of the torso or whole body (follow-up, contrast phases, two patients).
-Choose the fixed and moving volume and press Apply: the result is a transform; put the moving volume and its
-segmentations under it (or use "Apply to segmentations") to align them with the fixed volume. Subtraction
-volumes |fixed - moving| before and after show what changed.
-<ul>
-<li><b>Affine</b>: global alignment (12 parameters).</li>
-<li><b>Bone</b>: vertebrae, ribs and pelvis.</li>
-<li><b>Thorax</b>: lungs and heart (breathing).</li>
-<li><b>Abdomen</b>: liver, kidneys, spleen, pancreas, stomach, gallbladder.</li>
-<li><b>Whole-body</b>: the whole scan, on top of the blocks before it (also undoes folding).</li>
-<li><b>Instance optimisation</b>: refines the cascade's field on this pair (local NCC, coarse to fine);
-alone, it registers without any trained weights.</li>
-</ul>
-Blocks without shipped weights cannot be chosen. The registration runs in a background process; Cancel stops it.
-<br>Method: H. H. N. Pham et al., "TotalRegistrator: Towards a Lightweight Foundation Model for CT Image
-Registration", Medical Image Analysis, 2025 (arXiv:2508.04450).
-"""
-        self.parent.acknowledgementText = """
-This re-implementation of TotalRegistrator (Pham et al., Medical Image Analysis 2025) is an open-source
-project. The module structure follows SlicerTotalSegmentator, SlicerElastix and SlicerNNUnet.
-"""
-        slicer.app.connect("startupCompleted()", registerSampleData)
+        self.parent.helpText = _(
+            "Deformable registration of two CT volumes of the torso or whole body (follow-up, contrast phases, two "
+            "patients). After Apply the moving volume is shown on the fixed one, registered; the subtraction "
+            "|fixed - registered| is one tick away. Needs {slicer}. <a href=\"{url}\">Documentation</a>."
+        ).format(slicer=dependencies.SUPPORTED_SLICER, url=DOCUMENTATION)
+        self.parent.acknowledgementText = _(
+            "A re-implementation of TotalRegistrator (H. H. N. Pham et al., Medical Image Analysis 2025, "
+            "arXiv:2508.04450). Apache-2.0.")
+        slicer.app.connect("startupCompleted()", onStartup)
 
 
-def registerSampleData():
-    """A phantom CT pair in the Sample Data module, simulated on demand (no download)."""
+def onStartup() -> None:
+    """The sample data, and grids that stay trilinear when a scene is loaded."""
+    nodes.observe_scene_loads(slicer.mrmlScene)
     import SampleData
 
-    # The source needs one uri and file name to be valid; neither is ever used: the custom downloader
-    # simulates the pair on this machine.
     SampleData.SampleDataLogic.registerCustomSampleDataSource(
-        category="TotalRegistrator", sampleName="TotalRegistratorPhantomPair",
-        uris="https://example.invalid/TotalRegistratorPhantomPair", fileNames="TotalRegistratorPhantomPair.nrrd",
-        thumbnailFileName=str(Path(__file__).parent / "Resources" / "Icons" / "TotalRegistrator.png"),
-        customDownloader=loadPhantomSample)
+        category="TotalRegistrator", sampleName="TotalRegistratorPhantomPair", uris=SAMPLE.as_uri(),
+        fileNames=SAMPLE.name, nodeNames="TotalRegistratorPhantomPair", loadFileTypes="TotalRegistratorPhantom",
+        thumbnailFileName=str(Path(__file__).parent / "Resources" / "Icons" / "TotalRegistrator.png"))
 
 
-def loadPhantomSample(source=None, seed: int = 0) -> dict:
-    """Simulate the demo phantom pair (4 mm) in a child process and load it; returns the new nodes."""
-    logic = TotalRegistratorLogic()
-    with slicer.util.tryWithErrorDisplay("Could not install what the phantom needs."):
-        if not logic.ensureDependencies():
-            return {}
-    folder = Path(tempfile.mkdtemp(prefix="TotalRegistratorPhantom-"))
-    with slicer.util.tryWithErrorDisplay("Could not make the phantom pair.", waitCursor=True):
-        slicer.util.showStatusMessage("Simulating the TotalRegistrator phantom pair...")
-        paths = logic.makeSamplePair(folder, seed=seed, wait=lambda: slicer.app.processEvents())
-        nodes = logic.loadSamplePair(slicer.mrmlScene, paths)
-        slicer.util.setSliceViewerLayers(background=nodes["fixed"], foreground=nodes["moving"],
-                                         foregroundOpacity=0.5, fit=True)
-    return nodes
+class TotalRegistratorFileReader:
+    """Reads a phantom recipe (``*.trphantom``): simulates the pair and loads it (the sample data's loader)."""
+
+    def __init__(self, parent):
+        self.parent = parent
+
+    def description(self) -> str:
+        return _("TotalRegistrator phantom pair")
+
+    def fileType(self) -> str:
+        return "TotalRegistratorPhantom"
+
+    def extensions(self) -> list[str]:
+        return [_("TotalRegistrator phantom recipe") + " (*.trphantom)"]
+
+    def canLoadFile(self, filePath: str) -> bool:
+        return filePath.endswith(".trphantom")
+
+    def load(self, properties) -> bool:
+        logic = TotalRegistratorLogic()
+        with slicer.util.tryWithErrorDisplay(_("Could not make the phantom pair."), waitCursor=True):
+            if not logic.ensureDependencies():
+                return False
+            slicer.util.showStatusMessage(_("Simulating the TotalRegistrator phantom pair..."))
+            loaded = sample.load_phantom_pair(logic, slicer.mrmlScene, sample.Recipe.read(properties["fileName"]))
+            slicer.util.setSliceViewerLayers(background=loaded["fixed"], foreground=loaded["moving"],
+                                             foregroundOpacity=0.5, fit=True)
+            self.parent.loadedNodes = [node.GetID() for node in loaded.values()]
+            return True
+        return False
 
 
 @parameterNodeWrapper
 class TotalRegistratorParameterNode:
-    """Every setting of the panel, saved with the scene."""
+    """Every setting of the panel, saved with the scene. ``blocks``: the ticked cascade blocks, comma-separated
+    (no preset ticks any by default: instance optimisation alone is the more accurate choice, see the model card)."""
 
     fixedVolume: slicer.vtkMRMLScalarVolumeNode
     movingVolume: slicer.vtkMRMLScalarVolumeNode
-    # preset "Instance optimisation only": more accurate than the shipped cascade (Resources/MODEL_CARD.md)
-    affine: bool = False
-    bone: bool = False
-    thorax: bool = False
-    abdomen: bool = False
-    wholebody: bool = False
+    blocks: str = ""
     refine: bool = True
-    coarseIterations: Annotated[int, WithinRange(0, 5000)] = core.DEFAULT_ITERATIONS[0]
-    fineIterations: Annotated[int, WithinRange(0, 5000)] = core.DEFAULT_ITERATIONS[1]
-    device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
+    coarseIterations: Annotated[int, WithinRange(0, 5000)] = registry.DEFAULT_ITERATIONS[0]
+    fineIterations: Annotated[int, WithinRange(0, 5000)] = registry.DEFAULT_ITERATIONS[1]
+    device: Annotated[str, Choice(list(registry.DEVICES))] = registry.DEVICES[0]
+    transformSpacing: Annotated[float, WithinRange(0.5, 20.0)] = parameters.TRANSFORM_SPACING_MM
     outputTransform: slicer.vtkMRMLTransformNode
     warpedVolume: slicer.vtkMRMLScalarVolumeNode
-    subtractionBeforeVolume: slicer.vtkMRMLScalarVolumeNode
+    subtraction: bool = True
+    subtractionBeforeVolume: slicer.vtkMRMLScalarVolumeNode  # filled by the run, reused by the next
     subtractionAfterVolume: slicer.vtkMRMLScalarVolumeNode
+    showSubtraction: bool = False
     harden: bool = False
 
 
@@ -121,11 +117,8 @@ class TotalRegistratorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
-        self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self.job = None
-        self.jobParameterNode = None  # the parameter node the running job reports to (kept when the module is left)
+        self.logic = self._parameterNode = self._guiTag = self.job = self.jobParameters = self.lastOutputs = None
+        self.blockBoxes = {}
         self.timer = qt.QTimer()
         self.timer.setInterval(200)
         self.timer.connect("timeout()", self.onTimer)
@@ -137,30 +130,29 @@ class TotalRegistratorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = TotalRegistratorLogic()
-
-        available = core.available_blocks()
-        for block in core.BLOCKS:
-            box = self.blockCheckBox(block)
-            box.enabled = block in available
-            if block not in available:
-                box.toolTip = f"No shipped weights for the {block} block (Resources/weights/{block}.pt)."
-            box.connect("toggled(bool)", self.onBlocksChanged)
-        self.ui.refineCheckBox.connect("toggled(bool)", self.onBlocksChanged)
-        # only the presets this installation can run (all their blocks' weights present)
-        self.ui.presetComboBox.addItems([*(name for name, (blocks, _) in core.PRESETS.items()
-                                           if set(blocks) <= set(available)), CUSTOM_PRESET])
-        self.ui.presetComboBox.connect("currentTextChanged(QString)", self.onPresetChanged)
-
+        shipped = shipped_blocks()
+        for name in registry.BLOCKS:  # one box per block of the library's table
+            box = qt.QCheckBox(name.capitalize())
+            box.enabled = name in shipped
+            box.toolTip = _("Structures: {names}").format(names=", ".join(registry.BLOCK[name].structures)) \
+                if name in shipped else _("No shipped weights for this block.")
+            box.connect("toggled(bool)", self.onBlocksTicked)
+            self.ui.blocksWidget.layout().addWidget(box)
+            self.blockBoxes[name] = box
+        self.ui.presetComboBox.addItems([_(n) for n in parameters.available_presets(shipped)] + [_("Custom")])
+        self.ui.presetComboBox.model().item(self.ui.presetComboBox.count - 1).setEnabled(False)  # shown, not chosen
+        self.ui.presetComboBox.connect("activated(int)", self.onPresetChosen)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.applyToSegmentationsButton.connect("clicked(bool)", self.onApplyToSegmentations)
-        self.ui.segmentationsSelector.connect("checkedNodesChanged()", self.onSegmentationsChecked)
+        self.ui.showSubtractionCheckBox.connect("toggled(bool)", lambda _on: self.showResult())
         self.ui.progressBar.hide()
+        try:
+            dependencies.check_python()
+        except dependencies.DependencyError as error:
+            self.ui.statusLabel.text = str(error)
         self.initializeParameterNode()
-
-    def blockCheckBox(self, block: str):
-        return getattr(self.ui, f"{block}CheckBox")
 
     def cleanup(self):
         self.cancelJob()
@@ -183,119 +175,89 @@ class TotalRegistratorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self):
         self.setParameterNode(self.logic.getParameterNode())
         p = self._parameterNode
-        if not p.fixedVolume:  # the first plain scalar volume (not a label map or vector volume: not offered)
-            volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
-            p.fixedVolume = next((v for v in volumes if v.GetClassName() == "vtkMRMLScalarVolumeNode"), None)
-        available = core.available_blocks()
-        for block in core.BLOCKS:  # saved scenes may ask for blocks this installation lacks
-            if block not in available:
-                setattr(p, block, False)
-        self.showPreset()
+        if not p.fixedVolume and not p.movingVolume:
+            p.fixedVolume, p.movingVolume = logic.default_inputs(slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"))
+        p.blocks = ",".join(b for b in self.chosenBlocks() if b in shipped_blocks())  # a scene from elsewhere
 
-    def setParameterNode(self, inputParameterNode):
+    def setParameterNode(self, parameterNode):
         if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
-        self._parameterNode = inputParameterNode
+            self._parameterNode.disconnectGui(self._guiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
+        self._parameterNode = parameterNode
         if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
-            self.showCheckedSegmentations()
-            self.updateButtons()
+            self._guiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
+            self.updateGUI()
 
-    # --- segmentations to move (node references of the parameter node: no wrapper type for a checkable list) ----
-    def showCheckedSegmentations(self):
-        raw = self._parameterNode.parameterNode
-        chosen = [raw.GetNthNodeReference(SEGMENTATIONS_REFERENCE, i)
-                  for i in range(raw.GetNumberOfNodeReferences(SEGMENTATIONS_REFERENCE))]
-        selector = self.ui.segmentationsSelector
-        was = selector.blockSignals(True)
-        for i in range(selector.nodeCount()):
-            node = selector.nodeFromIndex(i)
-            selector.setCheckState(node, qt.Qt.Checked if node in chosen else qt.Qt.Unchecked)
-        selector.blockSignals(was)
-
-    def onSegmentationsChecked(self):
-        if not self._parameterNode:
-            return
-        raw = self._parameterNode.parameterNode
-        with slicer.util.NodeModify(raw):
-            raw.RemoveNodeReferenceIDs(SEGMENTATIONS_REFERENCE)
-            for node in self.ui.segmentationsSelector.checkedNodes():
-                raw.AddNodeReferenceID(SEGMENTATIONS_REFERENCE, node.GetID())
-
-    # --- blocks and presets -------------------------------------------------------------------------------------
     def chosenBlocks(self) -> tuple[str, ...]:
-        return tuple(b for b in core.BLOCKS if getattr(self._parameterNode, b))
+        chosen = set(self._parameterNode.blocks.split(",")) if self._parameterNode else set()
+        return tuple(b for b in registry.BLOCKS if b in chosen)
 
-    def onPresetChanged(self, name: str):
-        if name not in core.PRESETS or not self._parameterNode:
-            return
-        blocks, refine = core.PRESETS[name]
-        with slicer.util.NodeModify(self._parameterNode):
-            for block in core.BLOCKS:
-                setattr(self._parameterNode, block, block in blocks)
-            self._parameterNode.refine = refine
+    def onBlocksTicked(self, _checked=None):
+        self._parameterNode.blocks = ",".join(b for b, box in self.blockBoxes.items() if box.checked)
 
-    def onBlocksChanged(self, _checked=None):
-        """A block or the refinement was ticked by hand: show the preset it matches, or Custom."""
-        self.showPreset()
+    def onPresetChosen(self, index: int):
+        name = parameters.available_presets(shipped_blocks())[index] if index < self.ui.presetComboBox.count - 1 \
+            else None
+        if name and self._parameterNode:
+            blocks, refine = parameters.PRESETS[name]
+            with slicer.util.NodeModify(self._parameterNode):
+                self._parameterNode.blocks, self._parameterNode.refine = ",".join(blocks), refine
 
-    def showPreset(self):
-        if not self._parameterNode:
-            return
-        chosen = (self.chosenBlocks(), self._parameterNode.refine)
-        name = next((n for n, preset in core.PRESETS.items() if preset == chosen), CUSTOM_PRESET)
-        was = self.ui.presetComboBox.blockSignals(True)
-        self.ui.presetComboBox.setCurrentText(name)
-        self.ui.presetComboBox.blockSignals(was)
-
-    def updateButtons(self, caller=None, event=None):
+    def updateGUI(self, caller=None, event=None):
         p = self._parameterNode
-        if self.job is not None:
-            self.ui.applyButton.text = "Cancel"
-            self.ui.applyButton.toolTip = "Stop the registration; the scene stays as it was."
-            self.ui.applyButton.enabled = True
-            return
-        self.ui.applyButton.text = "Apply"
+        chosen = self.chosenBlocks()
+        for name, box in self.blockBoxes.items():
+            was = box.blockSignals(True)
+            box.checked = name in chosen
+            box.blockSignals(was)
+        preset = parameters.preset_of(chosen, bool(p and p.refine))
+        names = parameters.available_presets(shipped_blocks())
+        self.ui.presetComboBox.currentIndex = names.index(preset) if preset in names else len(names)
+        running = self.job is not None
+        for section in (self.ui.inputsCollapsibleButton, self.ui.settingsCollapsibleButton,
+                        self.ui.outputsCollapsibleButton, self.ui.segmentationsCollapsibleButton):
+            section.enabled = not running  # inputs and settings locked during a run
+        self.ui.applyButton.text = _("Cancel") if running else _("Apply")
         problem = None
         if not p or not p.fixedVolume or not p.movingVolume:
-            problem = "Choose a fixed and a moving volume."
+            problem = _("Choose a fixed and a moving volume.")
         elif p.fixedVolume == p.movingVolume:
-            problem = "Fixed and moving volume must differ."
-        elif not self.chosenBlocks() and not p.refine:
-            problem = "Choose cascade blocks or instance optimisation."
-        self.ui.applyButton.enabled = problem is None
-        self.ui.applyButton.toolTip = problem or "Register the moving volume onto the fixed volume."
-        self.ui.coarseIterationsSpinBox.enabled = self.ui.fineIterationsSpinBox.enabled = bool(p and p.refine)
+            problem = _("Fixed and moving volume must differ.")
+        elif not chosen and not p.refine:
+            problem = _("Choose cascade blocks or instance optimisation.")
+        self.ui.applyButton.enabled = running or problem is None
+        self.ui.applyButton.toolTip = _("Stop the registration; the scene stays as it was.") if running \
+            else problem or _("Register the moving volume onto the fixed volume.")
+        self.ui.iterationsWidget.enabled = bool(p and p.refine)
         self.ui.applyToSegmentationsButton.enabled = bool(p and p.outputTransform)
+        self.ui.showSubtractionCheckBox.enabled = bool(p and p.subtractionAfterVolume)
 
-    # --- running ------------------------------------------------------------------------------------------------
     def onApplyButton(self):
         if self.job is not None:
             self.cancelJob()
-            self.ui.statusLabel.text = "Cancelled; the scene is unchanged."
+            self.ui.statusLabel.text = _("Cancelled; the scene is unchanged.")
             return
         p = self._parameterNode
-        try:  # the error displays show the message, then re-raise
-            with slicer.util.tryWithErrorDisplay("Could not install what the registration needs."):
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Could not install what the registration needs.")):
                 if not self.logic.ensureDependencies():  # asks first: no wait cursor over the question
                     return
-            with slicer.util.tryWithErrorDisplay("Could not start the registration.", waitCursor=True):
-                self.job = self.logic.start(
-                    p.fixedVolume, p.movingVolume, blocks=self.chosenBlocks(), refine=p.refine,
-                    iterations=(p.coarseIterations, p.fineIterations), device=DEVICE_CHOICES[p.device],
-                    outputTransform=p.outputTransform, warpedVolume=p.warpedVolume,
-                    subtractionBefore=p.subtractionBeforeVolume, subtractionAfter=p.subtractionAfterVolume,
-                    progress=self.onProgress)
-                self.jobParameterNode = p
-                self.ui.statusLabel.text = "Starting..."
+            with slicer.util.tryWithErrorDisplay(_("Could not start the registration."), waitCursor=True):
+                settings = parameters.RegistrationParameters(
+                    blocks=self.chosenBlocks(), refine=p.refine, iterations=(p.coarseIterations, p.fineIterations),
+                    device=p.device, transformSpacing=p.transformSpacing)
+                subtraction = (p.subtractionBeforeVolume or True, p.subtractionAfterVolume or True) \
+                    if p.subtraction else None
+                self.job = self.logic.start(p.fixedVolume, p.movingVolume, settings, p.outputTransform,
+                                            p.warpedVolume, subtraction, progress=self.onProgress)
+                self.jobParameters = p
+                self.ui.statusLabel.text = _("Starting...")
                 self.ui.progressBar.setRange(0, 0)
                 self.ui.progressBar.show()
                 self.timer.start()
         finally:
-            self.updateButtons()
+            self.updateGUI()
 
     def onProgress(self, progress):
         self.ui.progressBar.setRange(0, max(progress.total, 1))
@@ -303,22 +265,33 @@ class TotalRegistratorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = f"{progress.stage}: {progress.done} / {progress.total}"
 
     def onTimer(self):
-        p = self.jobParameterNode  # also when the panel was left meanwhile (its own parameter node is then None)
+        p = self.jobParameters  # also when the panel was left meanwhile
         try:
             outputs = self.job.poll()
             if outputs is None:
                 return
             with slicer.util.NodeModify(p):
                 p.outputTransform = outputs.transform
-                if outputs.warped:
-                    p.warpedVolume = outputs.warped
-            self.ui.statusLabel.text = f"Done: {outputs.transform.GetName()}."
-            slicer.util.setSliceViewerLayers(background=p.fixedVolume, foreground=outputs.warped or p.movingVolume,
-                                             foregroundOpacity=0.5)
+                p.warpedVolume = outputs.warped or p.warpedVolume
+                p.subtractionBeforeVolume = outputs.subtractionBefore or p.subtractionBeforeVolume
+                p.subtractionAfterVolume = outputs.subtractionAfter or p.subtractionAfterVolume
+            self.lastOutputs = outputs
+            self.ui.statusLabel.text = _("Done: {name}.").format(name=outputs.transform.GetName())
+            self.endJob()
+            self.showResult()
         except Exception as error:  # the process's one-line error, or failing to load its results
-            logging.error(f"TotalRegistrator: {error}")
-            self.ui.statusLabel.text = f"Failed: {error}"
-        self.endJob()
+            slicer.util.errorDisplay(_("Registration failed: {error}").format(error=error))
+            self.ui.statusLabel.text = _("Failed: {error}").format(error=error)
+            self.endJob()
+
+    def showResult(self):
+        """The registered result in the slice views; the subtraction when its box is ticked."""
+        p, outputs = self._parameterNode, self.lastOutputs
+        if p is None or outputs is None:
+            return
+        background, foreground = logic.slice_layers(outputs, p.fixedVolume, p.movingVolume, p.showSubtraction)
+        slicer.util.setSliceViewerLayers(background=background, foreground=foreground,
+                                         foregroundOpacity=1.0 if foreground is outputs.subtractionAfter else 0.5)
 
     def cancelJob(self):
         if self.job is not None:
@@ -327,123 +300,33 @@ class TotalRegistratorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def endJob(self):
         self.timer.stop()
-        self.job = self.jobParameterNode = None
+        self.job = self.jobParameters = None
         self.ui.progressBar.hide()
-        self.updateButtons()
+        self.updateGUI()
 
     def onApplyToSegmentations(self):
-        nodes = self.ui.segmentationsSelector.checkedNodes()
-        with slicer.util.tryWithErrorDisplay("Could not apply the transform.", waitCursor=True):
-            self.logic.applyTransform(self._parameterNode.outputTransform, nodes, harden=self._parameterNode.harden)
-            self.ui.statusLabel.text = f"Transform applied to {len(nodes)} node(s)."
+        chosen = self.ui.segmentationsSelector.checkedNodes()
+        with slicer.util.tryWithErrorDisplay(_("Could not apply the transform."), waitCursor=True):
+            self.logic.applyTransform(self._parameterNode.outputTransform, chosen, self._parameterNode.harden)
+            self.ui.statusLabel.text = _("Transform applied to {count} node(s).").format(count=len(chosen))
 
 
-class TotalRegistratorLogic(ScriptedLoadableModuleLogic, core.RegistrationLogic):
-    """The module logic: :class:`TotalRegistratorSlicer.logic.RegistrationLogic` plus Slicer-only parts.
-
-    From the Python console::
+class TotalRegistratorLogic(ScriptedLoadableModuleLogic, logic.RegistrationLogic):
+    """The module logic: :class:`TotalRegistratorSlicer.logic.RegistrationLogic` with a QProcess runner and
+    Slicer's temporary folder. From the Python console::
 
         logic = slicer.util.getModuleLogic("TotalRegistrator")
-        outputs = logic.register(fixedNode, movingNode, blocks=(), warpedVolume=True, subtractionAfter=True)
-        movingNode.SetAndObserveTransformNodeID(outputs.transform.GetID())
+        outputs = logic.register(fixedNode, movingNode, subtractionVolumes=True)  # moving goes under the result
     """
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
-        core.RegistrationLogic.__init__(self)
+        logic.RegistrationLogic.__init__(self, runner_factory=QProcessRunner, temporary=slicer.app.temporaryPath)
 
     def getParameterNode(self):
         return TotalRegistratorParameterNode(super().getParameterNode())
 
     def ensureDependencies(self, confirm: bool = True) -> bool:
-        """Install torch (PyTorch Utils) and the pinned packages of :data:`REQUIREMENTS` if missing.
-
-        Asks first when ``confirm``; returns False if the user declines. Never runs at start-up.
-        Refuses (RegistrationError) a Slicer whose Python is too old for the library.
-        """
-        core.check_python()
-        missing = [f"{name}=={version}" for name, version in core.REQUIREMENTS.items()
-                   if importlib.util.find_spec(name) is None]
-        try:
-            import PyTorchUtils
-        except ModuleNotFoundError:
-            raise RuntimeError("TotalRegistrator needs the PyTorch extension: install it in the Extensions "
-                               "Manager and restart Slicer.") from None
-        torch_logic = PyTorchUtils.PyTorchUtilsLogic()
-        need_torch = not torch_logic.torchInstalled()
-        if not need_torch and not missing:
-            return True
-        wanted = (["PyTorch"] if need_torch else []) + missing
-        if confirm and not slicer.util.confirmOkCancelDisplay(
-                f"TotalRegistrator needs these Python packages: {', '.join(wanted)}.\n"
-                "Install them now? This can take several minutes.", "TotalRegistrator"):
-            return False
-        with slicer.util.WaitCursor():
-            if need_torch and torch_logic.installTorch(askConfirmation=False,
-                                                       torchVersionRequirement=f">={core.MINIMUM_TORCH}") is None:
-                raise RuntimeError("PyTorch could not be installed; see the PyTorch Utils module.")
-            if missing:
-                slicer.util.pip_install(missing)
-        return True
-
-
-class TotalRegistratorTest(ScriptedLoadableModuleTest):
-    """End to end in Slicer: phantom pair -> registration -> segmentation under the result."""
-
-    def setUp(self):
-        slicer.mrmlScene.Clear()
-
-    def runTest(self):
-        self.setUp()
-        self.test_register_phantom_pair()
-        self.setUp()
-        self.test_cancel_leaves_scene()
-
-    def test_register_phantom_pair(self):
-        import numpy as np
-
-        self.delayDisplay("Simulating the phantom pair")
-        logic = TotalRegistratorLogic()
-        self.assertTrue(logic.ensureDependencies(confirm=False))
-        paths = logic.makeSamplePair(Path(tempfile.mkdtemp()), seed=0, spacing=6.0)
-        nodes = logic.loadSamplePair(slicer.mrmlScene, paths)
-        self.delayDisplay("Registering")
-        stages = []
-        outputs = logic.register(nodes["fixed"], nodes["moving"], blocks=core.available_blocks(), iterations=(30, 10),
-                                 warpedVolume=True, subtractionBefore=True, subtractionAfter=True,
-                                 progress=stages.append)
-        self.assertTrue(stages)
-        self.assertTrue(outputs.transform.IsA("vtkMRMLGridTransformNode"))
-        self.assertEqual(outputs.transform.GetNodeReferenceID(core.MOVING_REFERENCE), nodes["moving"].GetID())
-        before = slicer.util.arrayFromVolume(outputs.subtractionBefore).mean()
-        after = slicer.util.arrayFromVolume(outputs.subtractionAfter).mean()
-        self.assertLess(after, 0.8 * before)
-        self.assertEqual(outputs.warped.GetImageData().GetDimensions(), nodes["fixed"].GetImageData().GetDimensions())
-
-        self.delayDisplay("Moving structures under the result, hardened")
-        segmentation = nodes["segmentation"]
-        logic.applyTransform(outputs.transform, [segmentation], harden=True)
-        self.assertIsNone(segmentation.GetParentTransformNode())
-        fixed_labels = slicer.util.loadLabelVolume(str(paths["fixed_labels"]))
-        exported = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
-        slicer.modules.segmentations.logic().ExportVisibleSegmentsToLabelmapNode(segmentation, exported,
-                                                                                  nodes["fixed"])
-        fixed_mask = slicer.util.arrayFromVolume(fixed_labels) > 0
-        moved_mask = slicer.util.arrayFromVolume(exported) > 0
-        dice = 2 * np.logical_and(fixed_mask, moved_mask).sum() / (fixed_mask.sum() + moved_mask.sum())
-        self.assertGreater(dice, 0.8)
-        self.delayDisplay(f"Registered; structures overlap the fixed ones with Dice {dice:.3f}")
-
-    def test_cancel_leaves_scene(self):
-        logic = TotalRegistratorLogic()
-        paths = logic.makeSamplePair(Path(tempfile.mkdtemp()), seed=1, spacing=8.0)
-        nodes = logic.loadSamplePair(slicer.mrmlScene, paths)
-        before = [slicer.mrmlScene.GetNthNode(i).GetID() for i in range(slicer.mrmlScene.GetNumberOfNodes())]
-        started = []
-        job = logic.start(nodes["fixed"], nodes["moving"], blocks=(), warpedVolume=True, progress=started.append)
-        while not started and job.poll() is None:
-            slicer.app.processEvents()
-        job.cancel()
-        after = [slicer.mrmlScene.GetNthNode(i).GetID() for i in range(slicer.mrmlScene.GetNumberOfNodes())]
-        self.assertEqual(after, before)
-        self.delayDisplay("Cancel test passed")
+        """Install what the library needs (asks first when ``confirm``); False when the user declines."""
+        ask = (lambda question: slicer.util.confirmOkCancelDisplay(question, "TotalRegistrator")) if confirm else None
+        return dependencies.install(ask)

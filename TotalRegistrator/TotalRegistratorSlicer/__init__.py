@@ -7,3 +7,5 @@ line), ``runner`` (the process protocol; ``qprocess``: Slicer's QProcess runner)
 ``qprocess`` and ``selftest`` run with MRML alone (Slicer, or the ``slicer-core``
 wheel in tests); ``TotalRegistrator.py`` adds the Qt panel.
 """
+
+DOCUMENTATION = "https://github.com/totalregistrator/SlicerTotalRegistrator/blob/main/TotalRegistrator/README.md"

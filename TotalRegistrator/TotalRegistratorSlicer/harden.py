@@ -42,6 +42,17 @@ def _resample(image, reference, transform, name: str):
     return resampled
 
 
+def _output_like(algorithm, like):
+    """The output of a VTK image ``algorithm`` as an oriented image with the geometry of ``like``."""
+    algorithm.Update()
+    output = slicer.vtkOrientedImageData()
+    output.DeepCopy(algorithm.GetOutput())
+    matrix = vtk.vtkMatrix4x4()
+    like.GetImageToWorldMatrix(matrix)
+    output.SetImageToWorldMatrix(matrix)
+    return output
+
+
 def _segment_mask(layer, value: int, name: str):
     """The voxels of one segment (``value`` in its labelmap layer) as a 0/value image with the layer's geometry."""
     threshold = vtk.vtkImageThreshold()
@@ -51,12 +62,7 @@ def _segment_mask(layer, value: int, name: str):
     threshold.SetOutValue(0)
     if 0 < value < 256:
         threshold.SetOutputScalarTypeToUnsignedChar()
-    threshold.Update()
-    mask = slicer.vtkOrientedImageData()
-    mask.ShallowCopy(threshold.GetOutput())
-    matrix = vtk.vtkMatrix4x4()
-    layer.GetImageToWorldMatrix(matrix)
-    mask.SetImageToWorldMatrix(matrix)
+    mask = _output_like(threshold, layer)
     if mask.GetPointData().GetScalars() is None:
         raise NodeError(f"{name}: cannot read its voxels")
     return mask
@@ -71,13 +77,7 @@ def _cropped(image):
     clip = vtk.vtkImageConstantPad()
     clip.SetInputData(image)
     clip.SetOutputWholeExtent(extent)
-    clip.Update()
-    cropped = slicer.vtkOrientedImageData()
-    cropped.DeepCopy(clip.GetOutput())
-    matrix = vtk.vtkMatrix4x4()
-    image.GetImageToWorldMatrix(matrix)
-    cropped.SetImageToWorldMatrix(matrix)
-    return cropped
+    return _output_like(clip, image)
 
 
 def harden_segmentation(node, transform, fixed) -> None:
