@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the library beside this script (Slicer, no install)
 
-from TotalRegistratorLib.learned.training import main  # noqa: E402
+from TotalRegistratorLib.app.train_command import main  # noqa: E402
 
 
 def arguments(argv: list) -> list:

@@ -11,8 +11,9 @@ from single_thread import one_thread  # noqa: F401  (autouse)
 
 from TotalRegistratorLib.core.preprocess import NETWORK_SIZE
 from TotalRegistratorLib.errors import InputError
-from TotalRegistratorLib.io.labels import TRAINING_STRUCTURES, read_pairs_csv, write_pairs_csv
+from TotalRegistratorLib.io.labels import read_pairs_csv, write_pairs_csv
 from TotalRegistratorLib.learned import dataset
+from TotalRegistratorLib.registry import TRAINING_STRUCTURES
 from TotalRegistratorLib.simulation.pairs import make_pair
 
 

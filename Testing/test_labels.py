@@ -11,17 +11,15 @@ from conftest import shared_file
 
 from TotalRegistratorLib.errors import InputError
 from TotalRegistratorLib.io.labels import (
-    LABELS,
-    REGIONS,
     SOURCE_TO_STRUCTURE,
     TOTALSEGMENTATOR_V2_IDS,
-    TRAINING_STRUCTURES,
     PairRecord,
     read_pairs_csv,
     read_structures,
     structure_masks,
     write_pairs_csv,
 )
+from TotalRegistratorLib.registry import LABELS, REGIONS, TRAINING_STRUCTURES
 
 
 def test_structure_table():

@@ -18,9 +18,9 @@ from TotalRegistratorLib.app.pipeline import load_cascade
 from TotalRegistratorLib.app.report import field_summary
 from TotalRegistratorLib.core import metrics
 from TotalRegistratorLib.core.preprocess import NETWORK_SIZE, Scan
-from TotalRegistratorLib.io.labels import LABELS, TRAINING_STRUCTURES
 from TotalRegistratorLib.learned.cascade import BLOCKS, run_cascade
 from TotalRegistratorLib.optimization.instance import resample_moving
+from TotalRegistratorLib.registry import LABELS, TRAINING_STRUCTURES
 from TotalRegistratorLib.simulation.pairs import make_pair
 from TotalRegistratorLib.weights import shipped_blocks
 

@@ -13,12 +13,13 @@ import pytest
 import torch
 from single_thread import one_thread  # noqa: F401  (autouse)
 
+from TotalRegistratorLib.app.train_command import main
 from TotalRegistratorLib.core.preprocess import body_grid, body_mask
 from TotalRegistratorLib.errors import InputError
 from TotalRegistratorLib.io.images import read_image
-from TotalRegistratorLib.learned.cascade import Cascade, load_block
+from TotalRegistratorLib.learned.cascade import Cascade, build_network, load_block
 from TotalRegistratorLib.learned.dataset import PairDataset, network_grids
-from TotalRegistratorLib.learned.training import Trainer, TrainSettings, epoch_order, main, phantom_pairs
+from TotalRegistratorLib.learned.training import Trainer, TrainSettings, epoch_order, phantom_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = (32, 24, 40)
@@ -119,10 +120,25 @@ def test_without_a_usable_validation_dice_the_training_loss_selects(data, tmp_pa
     assert metrics["selected_by"] == "val_dice" and metrics["selection"] == metrics["val_dice"] > 0
 
 
-def _run(args, cwd, launcher=(sys.executable,)):
+def _run(args, cwd, launcher=(sys.executable,), script=ROOT / "train.py"):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([*launcher, str(ROOT / "train.py"), *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=240)
+    return subprocess.run([*launcher, str(script), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=240)
+
+
+# runs train.py with Trainer.fit wrapped to save each rank's trained parameters as rank<N>.pt in DUMP
+RANK_DUMPS = """
+import runpy, sys, torch
+sys.path.insert(0, ROOT)
+from TotalRegistratorLib.learned.training import Trainer
+fit = Trainer.fit
+def fit_and_dump(self, *args):
+    best = fit(self, *args)
+    torch.save(self.network.state_dict(), f"{DUMP}/rank{self.ctx.rank}.pt")
+    return best
+Trainer.fit = fit_and_dump
+runpy.run_path(TRAIN, run_name="__main__")
+"""
 
 
 def test_train_script_end_to_end(pairs, tmp_path):
@@ -142,15 +158,26 @@ def test_train_script_end_to_end(pairs, tmp_path):
 
 
 def test_torchrun_two_processes(pairs, tmp_path):
+    """Each rank trains on other pairs; DDP's averaged gradients leave the same parameters on both."""
     csv = str(pairs[0] / "pairs.csv")
     torchrun = Path(sys.executable).with_name("torchrun")
+    script = tmp_path / "rank_dumps.py"
+    script.write_text(f"ROOT, DUMP, TRAIN = {str(ROOT)!r}, {str(tmp_path)!r}, {str(ROOT / 'train.py')!r}\n{RANK_DUMPS}")
     done = _run(["--block", "affine", "--data", csv, "--val-data", csv, "-o", str(tmp_path / "w"), "--grid-size",
                  "32,24,40", "--epochs", "1", "--pairs-per-epoch", "3", "--threads", "1", "--quiet"], tmp_path,
-                (str(torchrun), "--standalone", "--nproc_per_node=2"))
+                (str(torchrun), "--standalone", "--nproc_per_node=2"), script)
     # 3 pairs on 2 processes: rounded up to 2 steps each, so DDP's gradient and the epoch sums pair up
     assert done.returncode == 0, done.stderr[-2000:]
     log = (tmp_path / "w" / "affine.log.csv").read_text().splitlines()
-    assert len(log) == 2 and (tmp_path / "w" / "affine.pt").is_file()
+    assert len(log) == 2
+    network, config = load_block(tmp_path / "w" / "affine.pt", "affine", SIZE)
+    torch.manual_seed(config["seed"])  # as the trainer does before building its network
+    untrained = build_network(config).state_dict()
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for name, saved in network.state_dict().items():
+        assert torch.equal(ranks[0][name], ranks[1][name]), f"{name} differs between the ranks"
+        assert torch.equal(ranks[0][name], saved), f"{name} differs from the block file"
+    assert any(not torch.equal(ranks[0][name], untrained[name]) for name in untrained), "no step was taken"
 
 
 @pytest.mark.parametrize(("args", "words"), [

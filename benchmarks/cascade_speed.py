@@ -29,9 +29,9 @@ import torch
 from TotalRegistratorLib.core import runtime
 from TotalRegistratorLib.core.grid import Grid
 from TotalRegistratorLib.core.preprocess import NETWORK_SIZE
-from TotalRegistratorLib.io.labels import TRAINING_STRUCTURES
 from TotalRegistratorLib.learned.cascade import BLOCKS, Cascade, Mapping, block_config, build_network
-from TotalRegistratorLib.learned.training import PRECEDING, Trainer, TrainSettings
+from TotalRegistratorLib.learned.training import Trainer, TrainSettings
+from TotalRegistratorLib.registry import BLOCK, TRAINING_STRUCTURES
 
 FIXED = Grid(NETWORK_SIZE, (3.5, 2.8, 4.2), (-220.0, -130.0, -600.0))
 MOVING = Grid(NETWORK_SIZE, (3.4, 2.9, 4.0), (-215.0, -135.0, -590.0))
@@ -87,7 +87,8 @@ def training_memory(block: str, per_organ: bool) -> dict[str, float]:
     system, so the resident size follows the memory in use.
     """
     item = synthetic_item()
-    frozen = untrained(PRECEDING[block]) if PRECEDING[block] else None
+    preceding = BLOCK[block].preceding
+    frozen = untrained(preceding) if preceding else None
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(TrainSettings(block, device="cpu", per_organ=per_organ, progress=False), tmp, frozen)
         trainer.step(item, torch.Generator().manual_seed(0))  # Adam state exists from here on

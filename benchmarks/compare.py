@@ -58,9 +58,10 @@ from TotalRegistratorLib.core import metrics, preprocess  # noqa: E402
 from TotalRegistratorLib.core.grid import Grid  # noqa: E402
 from TotalRegistratorLib.core.itk_bridge import field_to_image, image_to_field, transform_to_field  # noqa: E402
 from TotalRegistratorLib.io import images  # noqa: E402
-from TotalRegistratorLib.io.labels import LABELS, STRUCTURES, TRAINING_STRUCTURES, read_structures  # noqa: E402
+from TotalRegistratorLib.io.labels import read_structures  # noqa: E402
 from TotalRegistratorLib.learned.cascade import BLOCKS  # noqa: E402
 from TotalRegistratorLib.optimization.instance import resample_moving  # noqa: E402
+from TotalRegistratorLib.registry import LABELS, STRUCTURES, TRAINING_STRUCTURES  # noqa: E402
 from TotalRegistratorLib.simulation.pairs import KINDS, Pair, deform_scan, make_pair  # noqa: E402
 from TotalRegistratorLib.weights import shipped_blocks  # noqa: E402
 

@@ -22,7 +22,7 @@ from ..app.arguments import non_negative
 from ..errors import InputError
 from ..io.labels import write_pairs_csv
 from ..io.outputs import OutputFolder
-from ..simulation.pairs import KINDS, Pair, make_pair
+from ..simulation.pairs import KINDS, Pair, make_pair, pair_seed
 
 GALLERY_ROWS = 12
 PHANTOM_OUTPUTS = ("pair[0-9]*_*", "pairs.csv", "gallery.png")
@@ -54,11 +54,6 @@ def add_phantom_command(subparsers: argparse._SubParsersAction) -> argparse.Argu
                              "slices 0.8-5 mm; slow and large, about 1 minute per pair)")
     parser.set_defaults(func=run_phantom)
     return parser
-
-
-def pair_seed(seed: int, index: int) -> int:
-    """The seed of pair ``index`` in a run with ``seed`` (independent streams)."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
 def run_phantom(args: argparse.Namespace) -> int:

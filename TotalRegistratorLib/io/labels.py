@@ -1,9 +1,10 @@
-"""The library's structure table, TotalSegmentator name mapping, label-map reading and the pairs CSV.
+"""TotalSegmentator name mapping, label-map reading and the pairs CSV.
 
 One table of structures serves the phantom, real data, training and evaluation:
-:data:`LABELS` maps each of the paper's 12 structures to its label id (1..12,
-0 is background). Label maps are integer images in any orientation; masks on a
-grid are arrays ``[S, K, J, I]`` in the order of a structure tuple.
+:data:`TotalRegistratorLib.registry.LABELS` maps each of the paper's 12
+structures to its label id (1..12, 0 is background). Label maps are integer
+images in any orientation; masks on a grid are arrays ``[S, K, J, I]`` in the
+order of a structure tuple.
 
 Real label maps come as TotalSegmentator v2 output, either one multi-label file
 (v2 ids, embedded below by name) or a folder with one ``<name>.nii.gz`` per
@@ -31,16 +32,7 @@ import SimpleITK as sitk
 from ..errors import InputError
 from ..io.images import check_same_grid, read_image
 from ..io.outputs import atomic_path
-
-STRUCTURES = ("lung", "heart", "liver", "kidney", "pancreas", "spleen", "stomach", "gallbladder", "prostate",
-              "pelvis_bone", "vertebrae", "ribs")
-LABELS: dict[str, int] = {name: i + 1 for i, name in enumerate(STRUCTURES)}
-TRAINING_STRUCTURES = tuple(name for name in STRUCTURES if name != "prostate")  # prostate: out-of-distribution test
-REGIONS: dict[str, tuple[str, ...]] = {
-    "thorax": ("lung", "heart"),
-    "abdomen": ("liver", "kidney", "pancreas", "spleen", "stomach", "gallbladder"),
-    "bone": ("pelvis_bone", "vertebrae", "ribs"),
-}
+from ..registry import LABELS, STRUCTURES, TRAINING_STRUCTURES
 
 _SPINE = ("S1", "L5", "L4", "L3", "L2", "L1", *(f"T{i}" for i in range(12, 0, -1)), *(f"C{i}" for i in range(7, 0, -1)))
 _LUNG_LOBES = ("lung_upper_lobe_left", "lung_lower_lobe_left", "lung_upper_lobe_right", "lung_middle_lobe_right",
@@ -112,7 +104,7 @@ def _read_folder(folder: Path) -> sitk.Image:
 
 
 def read_structures(path: str | os.PathLike, label_format: str = "structures") -> sitk.Image:
-    """Read a label map as a uint8 image of our structure ids (:data:`LABELS`).
+    """Read a label map as a uint8 image of our structure ids (:data:`~TotalRegistratorLib.registry.LABELS`).
 
     ``path`` is a multi-label file (``label_format`` ``structures`` or
     ``totalsegmentator``) or a folder of one binary file per structure, named

@@ -51,16 +51,13 @@ from ..core.grid import Grid
 from ..core.preprocess import Scan
 from ..core.transform import Transform
 from ..errors import InputError
-from ..io.labels import REGIONS, TRAINING_STRUCTURES
 from ..learned.networks import DECODER_CHANNELS, ENCODER_CHANNELS, AffineNet, UNet
+from ..registry import BLOCK, BLOCKS
 
 if TYPE_CHECKING:
     from ..optimization.instance import Result
     from ..optimization.optimizer import Progress
 
-BLOCKS = ("affine", "bone", "thorax", "abdomen", "wholebody")
-BLOCK_STRUCTURES: dict[str, tuple[str, ...]] = {
-    "affine": TRAINING_STRUCTURES, **REGIONS, "wholebody": TRAINING_STRUCTURES}
 CHECKPOINT_FORMAT = "totalregistrator-block"
 CHECKPOINT_VERSION = 1
 
@@ -146,7 +143,7 @@ def block_config(block: str, size: Sequence[int] = preprocess.NETWORK_SIZE, **ex
         raise ValueError(f"unknown block {block!r}; blocks are {', '.join(BLOCKS)}")
     return {"block": block, "architecture": "affine" if block == "affine" else "unet",
             "encoder": list(ENCODER_CHANNELS), "decoder": [] if block == "affine" else list(DECODER_CHANNELS),
-            "grid_size": [int(s) for s in size], "structures": list(BLOCK_STRUCTURES[block]),
+            "grid_size": [int(s) for s in size], "structures": list(BLOCK[block].structures),
             "library_version": __version__, **extra}
 
 

@@ -33,8 +33,9 @@ from ..core.grid import Grid
 from ..core.preprocess import HU_RANGE, NETWORK_SIZE, Scan, network_grid, prepare, resample
 from ..errors import InputError
 from ..io.images import check_same_grid, read_image
-from ..io.labels import LABELS, TRAINING_STRUCTURES, PairRecord, read_structures
+from ..io.labels import PairRecord, read_structures
 from ..io.outputs import atomic_path
+from ..registry import LABELS, TRAINING_STRUCTURES
 
 CACHE_VERSION = 2
 

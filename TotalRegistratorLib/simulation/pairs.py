@@ -29,7 +29,8 @@ from ..core.itk_bridge import export_grid, field_to_image
 from ..core.preprocess import body_mask
 from ..core.transform import Transform
 from ..io.images import check_same_grid, write_image, write_transform
-from ..io.labels import LABELS, PairRecord
+from ..io.labels import PairRecord
+from ..registry import LABELS
 from ..simulation.phantom import Phantom, make_phantom, random_state, render, scan_grid, world_point_chunks
 
 KINDS = ("intra", "multiphase", "inter")
@@ -207,6 +208,11 @@ class Pair:
 
 def _field_grid(fixed: Grid) -> Grid:
     return fixed if fixed.num_voxels <= MAX_FIELD_VOXELS else export_grid(fixed, spacing=2.0)
+
+
+def pair_seed(seed: int, index: int) -> int:
+    """The seed of pair ``index`` in a run with ``seed`` (independent streams)."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
 def make_pair(kind: str, seed: int, spacing=None, size=None) -> Pair:
