@@ -103,7 +103,7 @@ class TotalRegistratorParameterNode:
     coarseIterations: Annotated[int, WithinRange(0, 5000)] = registry.DEFAULT_ITERATIONS[0]
     fineIterations: Annotated[int, WithinRange(0, 5000)] = registry.DEFAULT_ITERATIONS[1]
     device: Annotated[str, Choice(list(registry.DEVICES))] = registry.DEVICES[0]
-    transformSpacing: Annotated[float, WithinRange(0.5, 20.0)] = parameters.TRANSFORM_SPACING_MM
+    transformSpacing: Annotated[float, WithinRange(0.0, 20.0)] = parameters.TRANSFORM_SPACING_MM
     outputTransform: slicer.vtkMRMLTransformNode
     warpedVolume: slicer.vtkMRMLScalarVolumeNode
     subtraction: bool = True

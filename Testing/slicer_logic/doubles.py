@@ -50,7 +50,8 @@ class FakeCommandLine:
         elif "--no-refine" in self.command and self.value("--blocks") == "affine":
             sitk.WriteTransform(sitk.TranslationTransform(3, SHIFT_LPS.tolist()), str(path))
         else:
-            sitk.WriteTransform(constant_field(fixed, float(self.value("--export-spacing"))), str(path))
+            spacing = float(self.value("--export-spacing")) if "--export-spacing" in self.command else 2.5
+            sitk.WriteTransform(constant_field(fixed, spacing), str(path))
 
     def poll(self):
         lines, self._lines = self._lines, []

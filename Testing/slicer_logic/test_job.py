@@ -20,7 +20,7 @@ from doubles import (  # noqa: E402
 from TotalRegistratorSlicer.job import FIXED_REFERENCE, MOVING_REFERENCE, RegistrationError  # noqa: E402
 from TotalRegistratorSlicer.library import registry  # noqa: E402
 from TotalRegistratorSlicer.logic import RegistrationLogic, default_inputs, slice_layers  # noqa: E402
-from TotalRegistratorSlicer.parameters import RegistrationParameters  # noqa: E402
+from TotalRegistratorSlicer.parameters import ParameterError, RegistrationParameters  # noqa: E402
 from TotalRegistratorSlicer.runner import Progress  # noqa: E402
 
 AFFINE = RegistrationParameters(blocks=("affine",), refine=False)
@@ -58,7 +58,7 @@ def test_the_command_writes_exactly_the_ticked_outputs_and_a_compact_transform(s
     command = runners[0].command
     wanted = ["transform"] + (["warped"] if warped else []) + (["subtraction"] if subtraction else [])
     assert command[command.index("--outputs") + 1] == ",".join(wanted)
-    assert float(command[command.index("--export-spacing") + 1]) == 2.0
+    assert "--export-spacing" not in command  # the library's compact, exact transform
     assert command[1:4] == ["-m", "TotalRegistratorLib", "register"] and "--no-refine" not in command
     assert command[command.index("--iterations") + 1] == "7,3" and command[command.index("--blocks") + 1] == "none"
     expected = [f for name in wanted for f in registry.OUTPUTS[name].files]
@@ -148,3 +148,12 @@ def test_a_fresh_panel_offers_two_different_volumes(scene, pair):
     labels = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
     assert default_inputs([labels, fixed, moving]) == (fixed, moving)
     assert default_inputs([fixed]) == (fixed, None)
+
+
+def test_a_chosen_transform_spacing_reaches_the_command_line(tmp_path):
+    chosen = RegistrationParameters(transformSpacing=3.0).command("python3", tmp_path / "f", tmp_path / "m", tmp_path)
+    assert chosen[chosen.index("--export-spacing") + 1] == "3"
+    automatic = RegistrationParameters().command("python3", tmp_path / "f", tmp_path / "m", tmp_path)
+    assert "--export-spacing" not in automatic
+    with pytest.raises(ParameterError, match="transform spacing"):
+        RegistrationParameters(transformSpacing=-1.0).check()

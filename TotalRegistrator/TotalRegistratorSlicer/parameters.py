@@ -21,7 +21,7 @@ PRESETS: dict[str, tuple[tuple[str, ...], bool]] = {  # name -> (cascade blocks,
     "Instance optimisation only": ((), True),
 }
 VOLUME_OUTPUTS = ("warped", "subtraction")  # the library outputs the module can load as volumes
-TRANSFORM_SPACING_MM = 2.0  # the transform's grid: a compact field, not one vector per fixed voxel
+TRANSFORM_SPACING_MM = 0.0  # 0: the library's compact, exact export (the field on its working grid)
 
 
 class ParameterError(ValueError):
@@ -33,7 +33,8 @@ class RegistrationParameters:
     """Settings of one run. ``blocks`` None: the library's default; () instance optimisation alone.
 
     ``outputs``: names of ``registry.OUTPUTS`` to write (the transform always). ``transformSpacing``:
-    the grid spacing (mm) of the exported transform. ``extraArguments`` go to ``register`` as they are.
+    0 for the library's compact, exact transform (the field on the grid the registration computed it
+    on), else the grid spacing (mm) over the fixed box. ``extraArguments`` go to ``register`` as they are.
     """
 
     blocks: tuple[str, ...] | None = None
@@ -56,8 +57,8 @@ class RegistrationParameters:
         unknown = set(self.outputs) - set(registry.OUTPUTS)
         if unknown:
             raise ParameterError(f"unknown outputs {sorted(unknown)}; choose from {', '.join(registry.OUTPUTS)}")
-        if not self.transformSpacing > 0:
-            raise ParameterError(f"the transform spacing must be positive, not {self.transformSpacing}")
+        if not self.transformSpacing >= 0:
+            raise ParameterError(f"the transform spacing must be 0 (automatic) or more, not {self.transformSpacing}")
 
     def outputNames(self) -> tuple[str, ...]:
         """The outputs to write, in the library's order, the transform always among them."""
@@ -68,8 +69,9 @@ class RegistrationParameters:
         """``python -m TotalRegistratorLib register ...`` for these settings, writing into ``folder``."""
         self.check()
         command = [python, "-m", "TotalRegistratorLib", "register", str(fixed), str(moving), "-o", str(folder),
-                   "--progress", "json", "--device", self.device, "--outputs", ",".join(self.outputNames()),
-                   "--export-spacing", f"{self.transformSpacing:g}"]
+                   "--progress", "json", "--device", self.device, "--outputs", ",".join(self.outputNames())]
+        if self.transformSpacing > 0:
+            command += ["--export-spacing", f"{self.transformSpacing:g}"]
         if self.blocks is not None:
             command += ["--blocks", ",".join(self.blocks) or "none"]
         if not self.refine:
