@@ -64,7 +64,12 @@ class Canvas:
         self.label = torch.zeros(points[0].numel(), dtype=torch.uint8)
         self.width = width
 
-    def paint(self, sd: torch.Tensor, value, label: int | None = None, where: torch.Tensor | None = None) -> None:
+    def paint(self, sd: torch.Tensor, value: float | torch.Tensor, label: int | None = None,
+              where: torch.Tensor | None = None) -> None:
+        """Blend ``value`` (HU) in by occupancy ``0.5 - sd / width`` (clipped to 0..1); ``label`` where ``sd`` < 0.
+
+        ``sd`` (mm) is given at all points, or only at the points selected by the mask ``where``.
+        """
         occ = (0.5 - sd / self.width).clamp(0, 1)
         if where is None:
             self.hu += occ * (value - self.hu)

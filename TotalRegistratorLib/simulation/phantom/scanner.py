@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -36,7 +36,8 @@ LPS_DIRECTION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 RAS_DIRECTION = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)  # NIfTI written from RAS
 
 
-def scan_grid(ph: Phantom, rng: np.random.Generator, spacing=None, size=None, cover: np.ndarray | None = None) -> Grid:
+def scan_grid(ph: Phantom, rng: np.random.Generator, spacing: float | Sequence[float] | None = None,
+              size: Sequence[int] | None = None, cover: np.ndarray | None = None) -> Grid:
     """A scanner-like grid for the phantom: chest-abdomen-pelvis range, square in-plane field of view,
     in-plane 0.6-1 mm and slices 0.8-5 mm (unless ``spacing`` (mm, scalar or x, y, z) or ``size`` is given),
     stored as DICOM (LPS identity) or RAS-style NIfTI (direction diag(-1, -1, 1)).

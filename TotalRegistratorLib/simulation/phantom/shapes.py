@@ -6,6 +6,7 @@ the anatomy frame; rotations are in degrees.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 Coords = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def rotation(angles_deg) -> np.ndarray:
+def rotation(angles_deg: Sequence[float]) -> np.ndarray:
     """Rotation matrix R = Rz @ Ry @ Rx from angles about x, y, z (degrees)."""
     ax, ay, az = np.deg2rad(angles_deg)
     rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
@@ -109,13 +110,13 @@ def ellipse_sd(dx: torch.Tensor, dy: torch.Tensor, rx: torch.Tensor, ry: torch.T
     return k0 * (k0 - 1) / k1
 
 
-def union(shapes, p: Coords) -> torch.Tensor:
+def union(shapes: Sequence[Ellipsoid | Tube], p: Coords) -> torch.Tensor:
     """Signed distance of the union of ``shapes``."""
     sds = [s.sd(p) for s in shapes]
     return torch.stack(sds).amin(dim=0) if len(sds) > 1 else sds[0]
 
 
-def overlaps(shape, z: torch.Tensor) -> bool:
+def overlaps(shape: Ellipsoid | Tube, z: torch.Tensor) -> bool:
     """Whether ``shape``'s height range (10 mm margin) meets the heights ``z``."""
     lo, hi = shape.z_range()
     return bool(z.max() >= lo - 10) and bool(z.min() <= hi + 10)
