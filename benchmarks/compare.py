@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/compare.py --suite quick|validation|full [--out DIR] [--methods KEY ...] [--resume]
 
 Pairs (fixed seeds from :data:`SEED_BASE` = 10,000 up; training draws its pair seeds from
-``phantom_cli.pair_seed`` hashes and never calls ``make_pair`` with these directly):
+``simulation.pairs.pair_seed`` hashes and never calls ``make_pair`` with these directly):
 
 * phantom ``intra``, ``multiphase`` and ``inter`` pairs (:func:`pairs.make_pair`, ``--spacing`` mm);
 * the real 3 mm torso crop (example_ct_sm with its TotalSegmentator labels) and the 4 mm chest CT
