@@ -171,15 +171,21 @@ def test_output_folder_moves_outputs_into_place_on_success(tmp_path):
 
 
 def test_output_folder_replaces_the_outputs_of_an_earlier_run(tmp_path):
+    def earlier(folder: Path) -> list[str]:  # what the earlier run's index (here index.txt) says it wrote
+        return (folder / "index.txt").read_text().split() if (folder / "index.txt").exists() else []
+
     target = tmp_path / "results"
-    with outputs.OutputFolder(target, replaces=("a.txt", "labels.txt")) as out:
+    with outputs.OutputFolder(target, earlier=earlier) as out:
         (out / "a.txt").write_text("first")
         (out / "labels.txt").write_text("first")
+        (out / "index.txt").write_text("index.txt a.txt labels.txt ../outside.txt")  # only plain names count
     (target / "notes.txt").write_text("the user's")
-    with outputs.OutputFolder(target, replaces=("a.txt", "labels.txt")) as out:
+    (tmp_path / "outside.txt").write_text("the user's")
+    with outputs.OutputFolder(target, earlier=earlier) as out:
         (out / "a.txt").write_text("second")  # this run has no labels
-    assert sorted(p.name for p in target.iterdir()) == ["a.txt", "notes.txt"]
-    assert (target / "a.txt").read_text() == "second"
+        (out / "index.txt").write_text("index.txt a.txt")
+    assert sorted(p.name for p in target.iterdir()) == ["a.txt", "index.txt", "notes.txt"]
+    assert (target / "a.txt").read_text() == "second" and (tmp_path / "outside.txt").exists()
 
 
 def test_output_folder_removes_the_parents_it_made_when_the_block_raises(tmp_path):
@@ -238,7 +244,8 @@ def test_read_image_errors_name_the_file(tmp_path):
     constant = sitk.GetImageFromArray(np.full((4, 5, 6), -1000, np.int16))
     assert "constant" in input_error(write_raw(constant, tmp_path / "constant.nii.gz"))
     # a constant label map is fine (for example all background)
-    assert images.read_image(tmp_path / "constant.nii.gz", labels=True).GetSize() == (6, 5, 4)
+    background = write_raw(sitk.GetImageFromArray(np.zeros((4, 5, 6), np.int16)), tmp_path / "background.nii.gz")
+    assert images.read_image(background, labels=True).GetSize() == (6, 5, 4)
 
     garbage = tmp_path / "garbage.nii.gz"
     garbage.write_bytes(b"not an image at all")

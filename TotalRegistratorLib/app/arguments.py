@@ -1,4 +1,5 @@
-"""argparse types for numbers with a lower bound, shared by the ``totalregistrator`` and ``train.py`` commands.
+"""argparse types for numbers within bounds and for paths, shared by the ``totalregistrator`` and ``train.py``
+commands.
 
 A value out of range makes argparse print one line naming the option and exit with code 2.
 """
@@ -7,12 +8,15 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 LARGEST_INT = 2**63 - 1  # torch seeds and counts are 64-bit
 
 
-def _bounded(kind: type, allow_zero: bool) -> Callable[[str], int | float]:
+def _bounded(kind: type, low: float, high: float, allow_low: bool,
+             least: float = -math.inf) -> Callable[[str], int | float]:
     def parse(text: str):
         try:
             value = kind(text)
@@ -21,17 +25,39 @@ def _bounded(kind: type, allow_zero: bool) -> Callable[[str], int | float]:
                                              f"got {text!r}") from None
         if not math.isfinite(value) or value > LARGEST_INT:
             raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-        if not (value >= 0 if allow_zero else value > 0):
-            raise argparse.ArgumentTypeError(f"must be {'0 or more' if allow_zero else 'greater than 0'}, got {text}")
+        if not (value >= low if allow_low else value > low):
+            bound = (f"{low:g} or more" if low == 0 else f"at least {low:g}") if allow_low else f"greater than {low:g}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least:g}, got {text}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high:g}, got {text}")
         return value
     return parse
 
 
-def positive(kind: type) -> Callable[[str], int | float]:
-    """An argparse type: a number of ``kind`` (int or float) greater than zero."""
-    return _bounded(kind, allow_zero=False)
+def positive(kind: type, high: float = LARGEST_INT) -> Callable[[str], int | float]:
+    """An argparse type: a number of ``kind`` (int or float) greater than zero, at most ``high``."""
+    return _bounded(kind, 0, high, allow_low=False)
 
 
-def non_negative(kind: type) -> Callable[[str], int | float]:
-    """An argparse type: a number of ``kind`` (int or float), zero or more."""
-    return _bounded(kind, allow_zero=True)
+def non_negative(kind: type, high: float = LARGEST_INT) -> Callable[[str], int | float]:
+    """An argparse type: a number of ``kind`` (int or float), zero or more, at most ``high``."""
+    return _bounded(kind, 0, high, allow_low=True)
+
+
+def within(kind: type, low: float, high: float) -> Callable[[str], int | float]:
+    """An argparse type: a positive number of ``kind`` in ``low..high``."""
+    return _bounded(kind, 0, high, allow_low=False, least=low)
+
+
+def threads(text: str) -> int:
+    """An argparse type: CPU threads, 1 up to this machine's ``os.cpu_count()``."""
+    return positive(int, os.cpu_count() or 1)(text)
+
+
+def path(text: str) -> Path:
+    """An argparse type: a path; an empty one (which would mean the current folder) is refused."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the path is empty")
+    return Path(text)

@@ -1,7 +1,8 @@
 """The ``totalregistrator`` command line (also ``python -m TotalRegistratorLib``).
 
 Bad input ends with one line ``totalregistrator: error: <file>: <problem>`` on
-stderr and exit code 2, leaving no partial outputs.
+stderr and exit code 2, leaving no partial outputs; Ctrl-C and SIGTERM end with one line
+and exit codes 130 and 143 (:mod:`TotalRegistratorLib.app.running`).
 """
 
 from __future__ import annotations
@@ -9,16 +10,25 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from tqdm import tqdm
 
-from ..app.arguments import non_negative, positive
+from ..app.arguments import non_negative, path, threads, within
 from ..app.phantom_command import add_phantom_command
+from ..app.running import run_guarded
 from ..core import runtime
 from ..errors import InputError
 from ..optimization.optimizer import OptimizationSettings
-from ..registry import BLOCKS, DEFAULT_OUTPUTS, OUTPUT_TABLE, OUTPUTS, PROGRAM, SIMILARITIES
+from ..registry import (
+    BLOCKS,
+    DEFAULT_OUTPUTS,
+    MAX_ITERATIONS,
+    OUTPUT_TABLE,
+    OUTPUTS,
+    PROGRAM,
+    SIMILARITIES,
+    SPACING_RANGE_MM,
+)
 
 
 class ProgressBars:
@@ -57,6 +67,8 @@ def _iterations(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
     if any(v < 0 for v in values):
         raise argparse.ArgumentTypeError("iterations must not be negative")
+    if any(v > MAX_ITERATIONS for v in values):
+        raise argparse.ArgumentTypeError(f"at most {MAX_ITERATIONS} iterations per level, got {text}")
     return values
 
 
@@ -85,19 +97,20 @@ def _blocks(text: str) -> tuple[str, ...]:
 def _add_register(subparsers) -> None:
     defaults = OptimizationSettings()
     p = subparsers.add_parser("register", help="register MOVING onto FIXED and write transform, images, report")
-    p.add_argument("fixed", type=Path, help="fixed CT (NIfTI, NRRD, MHA/MHD or a DICOM folder)")
-    p.add_argument("moving", type=Path, help="moving CT")
-    p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    p.add_argument("fixed", type=path, help="fixed CT (NIfTI, NRRD, MHA/MHD or a DICOM folder)")
+    p.add_argument("moving", type=path, help="moving CT")
+    p.add_argument("-o", "--output", type=path, required=True, help="output folder")
     p.add_argument("--blocks", type=_blocks, default=None, metavar="LIST",
                    help="cascade blocks to run, in the fixed order affine,bone,thorax,abdomen,wholebody: a "
                         "comma-separated subset, 'all', or 'none' for instance optimisation alone (default: "
                         "none, or all with --weights; see Resources/MODEL_CARD.md)")
-    p.add_argument("--weights", type=Path, default=None, help="folder with <block>.pt files (default: shipped)")
+    p.add_argument("--weights", type=path, default=None, help="folder with <block>.pt files (default: shipped)")
     p.add_argument("--no-refine", dest="refine", action="store_false",
                    help="skip the instance-optimisation refinement after the cascade")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--threads", type=positive(int), default=None,
-                   help="CPU threads for torch (default: torch's choice; use 1 when other work shares the cores)")
+    p.add_argument("--threads", type=threads, default=None,
+                   help="CPU threads for torch, at most the machine's CPUs (default: torch's choice; use 1 when "
+                        "other work shares the cores)")
     p.add_argument("--seed", type=non_negative(int), default=defaults.seed)
     p.add_argument("--similarity", choices=SIMILARITIES, default=defaults.similarity,
                    help="local NCC (default), MIND-SSC or Parzen mutual information (contrast/multiphase)")
@@ -107,16 +120,18 @@ def _add_register(subparsers) -> None:
     p.add_argument("--affine-iterations", type=_iterations, metavar="N,N", default=defaults.affine_iterations)
     p.add_argument("--smoothness", type=non_negative(float), default=defaults.smoothness,
                    help="weight of the diffusion term")
-    p.add_argument("--spacing", type=positive(float), default=defaults.spacing, help="finest working spacing in mm")
-    p.add_argument("--export-spacing", type=positive(float), default=None,
+    spacing = within(float, *SPACING_RANGE_MM)
+    p.add_argument("--spacing", type=spacing, default=defaults.spacing,
+                   help=f"finest working spacing in mm ({SPACING_RANGE_MM[0]:g}..{SPACING_RANGE_MM[1]:g})")
+    p.add_argument("--export-spacing", type=spacing, default=None,
                    help="write the field on the fixed image's box at this spacing (mm) instead of the working "
                         "grid's lattice over the fixed image's box (the compact, exact default)")
     p.add_argument("--outputs", type=_outputs, default=None, metavar="LIST",
                    help="comma-separated outputs to write: " + ", ".join(
                        f"{o.name} ({o.description})" for o in OUTPUT_TABLE)
                    + f"; default {','.join(DEFAULT_OUTPUTS)} (and labels with label maps); report.json always")
-    p.add_argument("--fixed-labels", type=Path, help="label map of the fixed image: report Dice before/after")
-    p.add_argument("--moving-labels", type=Path, help="label map of the moving image (also warped)")
+    p.add_argument("--fixed-labels", type=path, help="label map of the fixed image: report Dice before/after")
+    p.add_argument("--moving-labels", type=path, help="label map of the moving image (also warped)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
                    help="progress on stderr: tqdm bars, JSON lines (for programs), or nothing")
@@ -124,6 +139,7 @@ def _add_register(subparsers) -> None:
 
 
 def _run_register(args: argparse.Namespace) -> int:
+    from ..io.outputs import to_json
     from .pipeline import DEFAULT_BLOCKS
     from .register_job import RegisterJob, run_register_job
 
@@ -150,17 +166,17 @@ def _run_register(args: argparse.Namespace) -> int:
                "folding_percent": report["field_in_body"]["folding_percent"]}
     if "dice" in report:
         summary["mean_dice"] = {k: round(report["dice"][f"mean_{k}"], 4) for k in ("before", "after")}
-    print(json.dumps(summary))
+    print(to_json(summary, indent=None))
     return 0
 
 
 def _add_warp(subparsers) -> None:
     p = subparsers.add_parser("warp", help="resample an image or label map through a transform")
-    p.add_argument("input", type=Path)
-    p.add_argument("transform", type=Path, help="ITK transform file (e.g. transform.h5 from register)")
-    p.add_argument("--reference", type=Path, required=True, help="image whose grid the output takes (the fixed)")
+    p.add_argument("input", type=path)
+    p.add_argument("transform", type=path, help="ITK transform file (e.g. transform.h5 from register)")
+    p.add_argument("--reference", type=path, required=True, help="image whose grid the output takes (the fixed)")
     p.add_argument("--labels", action="store_true", help="nearest-neighbour interpolation for label maps")
-    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("-o", "--output", type=path, required=True)
     p.set_defaults(func=_run_warp)
 
 
@@ -173,13 +189,14 @@ def _run_warp(args: argparse.Namespace) -> int:
 
 def _add_evaluate(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="Dice between label maps, folding of a transform, landmark TRE")
-    p.add_argument("--labels", type=Path, nargs=2, metavar=("FIXED_LABELS", "WARPED_LABELS"))
-    p.add_argument("--transform", type=Path, help="displacement field transform (.h5) for folding and TRE")
-    p.add_argument("--mask", type=Path, help="only count folding and errors inside this label map (e.g. fixed labels)")
-    p.add_argument("--truth", type=Path, help="ground-truth transform: report the displacement error of --transform")
-    p.add_argument("--landmarks", type=Path, nargs=2, metavar=("FIXED_POINTS", "MOVING_POINTS"),
-                   help="CSV (x,y,z LPS mm) or Slicer markups .json")
-    p.add_argument("-o", "--output", type=Path, help="also write the report as JSON here")
+    p.add_argument("--labels", type=path, nargs=2, metavar=("FIXED_LABELS", "WARPED_LABELS"))
+    p.add_argument("--transform", type=path, help="displacement field transform (.h5) for folding and TRE")
+    p.add_argument("--mask", type=path, help="only count folding and errors inside this label map (e.g. fixed labels)")
+    p.add_argument("--truth", type=path, help="ground-truth transform: report the displacement error of --transform")
+    p.add_argument("--landmarks", type=path, nargs=2, metavar=("FIXED_POINTS", "MOVING_POINTS"),
+                   help="CSV (x,y,z LPS mm; commas or semicolons) or Slicer markups .json (every control point "
+                        "of every markup, in file order)")
+    p.add_argument("-o", "--output", type=path, help="also write the report as JSON here")
     p.set_defaults(func=_run_evaluate)
 
 
@@ -209,15 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit code (2 for bad input)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run the command line; returns the exit code (2 for bad input, 130/143 when interrupted)."""
+    args = build_parser().parse_args(argv)
     runtime.configure()
-    try:
-        return args.func(args)
-    except InputError as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 2
+    return run_guarded(PROGRAM, lambda: args.func(args))
 
 
 if __name__ == "__main__":

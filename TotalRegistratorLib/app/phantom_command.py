@@ -2,30 +2,37 @@
 
 Output folder (written atomically: nothing appears unless every pair succeeds):
 ``pairNNN_{fixed,moving}.nii.gz`` (int16 HU), ``pairNNN_{fixed,moving}_labels.nii.gz``
-(structure ids of :data:`TotalRegistratorLib.io.labels.LABELS`), for intra-patient
+(structure ids of :data:`TotalRegistratorLib.registry.LABELS`), for intra-patient
 and multiphase pairs ``pairNNN_transform.h5`` (ITK DisplacementFieldTransform,
 pullback: fixed point -> moving point, LPS mm) and ``pairNNN_displacement.nii.gz``,
-plus ``pairs.csv`` and ``gallery.png``. Pair files of an earlier run into the same folder are
-removed, so the folder holds exactly the pairs that ``pairs.csv`` lists.
+plus ``pairs.csv`` and ``gallery.png``. The files of the pairs that an earlier run's ``pairs.csv``
+lists are removed, so the folder holds exactly the pairs that ``pairs.csv`` lists; no other file
+(e.g. a user's ``pair2024_notes.txt``) is ever touched.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from ..app.arguments import non_negative
-from ..errors import InputError
+from ..app.arguments import non_negative, path, positive
 from ..io.labels import write_pairs_csv
 from ..io.outputs import OutputFolder
+from ..registry import PHANTOM_SPACING_RANGE_MM
 from ..simulation.pairs import KINDS, Pair, make_pair, pair_seed
 
 GALLERY_ROWS = 12
-PHANTOM_OUTPUTS = ("pair[0-9]*_*", "pairs.csv", "gallery.png")
+MAX_PAIRS = 100_000
+PAIR_FILES = ("fixed.nii.gz", "moving.nii.gz", "fixed_labels.nii.gz", "moving_labels.nii.gz", "transform.h5",
+              "displacement.nii.gz")  # pairNNN_<name>
+_PAIR_FILE = re.compile(rf"(pair[0-9]+)_({'|'.join(re.escape(name) for name in PAIR_FILES)})")
 
 
 def _spacing(text: str) -> tuple[float, float, float]:
@@ -35,7 +42,23 @@ def _spacing(text: str) -> tuple[float, float, float]:
         raise argparse.ArgumentTypeError(f"spacing must be mm as one number or x,y,z, not {text!r}") from None
     if len(values) not in (1, 3) or not all(math.isfinite(v) and v > 0 for v in values):
         raise argparse.ArgumentTypeError(f"spacing must be one or three positive numbers (mm), not {text!r}")
+    low, high = PHANTOM_SPACING_RANGE_MM
+    if not all(low <= v <= high for v in values):
+        raise argparse.ArgumentTypeError(f"spacing must lie in {low:g}..{high:g} mm, not {text!r}")
     return tuple(values * 3) if len(values) == 1 else tuple(values)
+
+
+def earlier_pair_files(folder: Path) -> set[str]:
+    """The files an earlier run wrote into ``folder``: every file of each pair its ``pairs.csv`` lists, the
+    CSV and the gallery (nothing when there is no readable ``pairs.csv`` of ours)."""
+    try:
+        with open(folder / "pairs.csv", newline="", encoding="utf-8") as handle:
+            cells = [cell for row in csv.reader(handle) for cell in row]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return set()
+    stems = {match.group(1) for cell in cells if (match := _PAIR_FILE.fullmatch(cell))}
+    return {f"{stem}_{name}" for stem in stems for name in PAIR_FILES} | ({"pairs.csv", "gallery.png"} if stems
+                                                                        else set())
 
 
 def add_phantom_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -44,8 +67,9 @@ def add_phantom_command(subparsers: argparse._SubParsersAction) -> argparse.Argu
         "phantom", help="simulate CT pairs with ground-truth transforms",
         description="Write simulated thorax-abdomen-pelvis CT pairs with label maps, ground-truth transforms "
                     "(intra-patient and multiphase), a pairs CSV and a PNG gallery.")
-    parser.add_argument("-o", "--output", required=True, help="output folder (created; written atomically)")
-    parser.add_argument("--pairs", type=int, default=1, help="number of pairs (default 1)")
+    parser.add_argument("-o", "--output", type=path, required=True,
+                        help="output folder (created; written atomically)")
+    parser.add_argument("--pairs", type=positive(int, MAX_PAIRS), default=1, help="number of pairs (default 1)")
     parser.add_argument("--kind", choices=KINDS, default="intra",
                         help="intra: same patient, later scan; multiphase: other contrast phase; inter: two patients")
     parser.add_argument("--seed", type=non_negative(int), default=0, help="random seed (same seed, same pairs)")
@@ -57,10 +81,8 @@ def add_phantom_command(subparsers: argparse._SubParsersAction) -> argparse.Argu
 
 
 def run_phantom(args: argparse.Namespace) -> int:
-    if args.pairs < 1:
-        raise InputError(f"--pairs must be at least 1, got {args.pairs}")
     rows = []
-    with OutputFolder(args.output, replaces=PHANTOM_OUTPUTS) as out:
+    with OutputFolder(args.output, earlier=earlier_pair_files) as out:
         records = []
         for i in tqdm(range(args.pairs), desc=f"{args.kind} pairs", unit="pair"):
             pair = make_pair(args.kind, pair_seed(args.seed, i), spacing=args.spacing)

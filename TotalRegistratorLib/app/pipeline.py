@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from ..core.preprocess import Scan
+from ..errors import InputError
 from ..learned.cascade import Cascade, run_cascade
 from ..optimization.instance import Result, optimize_pair
 from ..optimization.optimizer import OptimizationSettings, Progress, resolve_device
@@ -29,8 +33,18 @@ def register(fixed: Scan, moving: Scan, settings: OptimizationSettings, cascade:
     result, timings = None, {}
     if cascade is not None:
         result = run_cascade(fixed, moving, cascade, resolve_device(settings.device), progress)
+        _check_finite(result, f"the cascade ({', '.join(cascade.names)}; check its weights)")
         timings.update(result.timings)
     if refine or result is None:
         result = optimize_pair(fixed, moving, settings, progress, None if result is None else result.transform)
+        _check_finite(result, "instance optimisation")
         timings.update({("refine_" if cascade else "") + key: value for key, value in result.timings.items()})
     return result, timings
+
+
+def _check_finite(result: Result, what: str) -> None:
+    """Refuse to go on with a map holding NaN or infinity (one line instead of an all-NaN transform)."""
+    transform = result.transform
+    if not np.isfinite(transform.affine).all() or (
+            transform.residual is not None and not torch.isfinite(transform.residual).all()):
+        raise InputError(f"{what} produced NaN or infinite values; no transform was written")

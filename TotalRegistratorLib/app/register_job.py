@@ -7,6 +7,7 @@ Which files each output name writes is :data:`TotalRegistratorLib.registry.OUTPU
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from ..core import preprocess
 from ..core.itk_bridge import field_to_image
 from ..core.preprocess import Scan
 from ..errors import InputError
-from ..io import images, outputs
+from ..io import images, messages, outputs, validation
 from ..optimization.instance import Result, resample_moving, subtraction
 from ..optimization.optimizer import OptimizationSettings, Progress, resolve_device
 from ..registry import DEFAULT_OUTPUTS, OUTPUT_TABLE, OUTPUTS, REPORT_FILE
@@ -76,11 +77,28 @@ class RegisterJob:
 
 
 def run_register_job(job: RegisterJob, progress: Progress | None = None) -> dict:
-    """Run ``job`` and return its report (also written as ``report.json``)."""
-    clock = time.perf_counter()
+    """Run ``job`` and return its report (also written as ``report.json``; its ``warnings`` list the
+    questionable inputs). Holds the output folder's lock from the start: a second run into the same
+    folder fails at once."""
     job.check()
+    with outputs.output_lock(job.output), messages.record_warnings() as warned:
+        return _run(job, progress, warned)
+
+
+def earlier_outputs(folder: Path) -> list[str]:
+    """The files that the earlier run's ``report.json`` in ``folder`` says it wrote (for replacing them)."""
+    try:
+        written = json.loads((folder / REPORT_FILE).read_text()).get("outputs", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [REPORT_FILE, *(name for o in OUTPUT_TABLE if o.name in written for name in o.files)]
+
+
+def _run(job: RegisterJob, progress: Progress | None, warned: list[str]) -> dict:
+    clock = time.perf_counter()
     chosen = job.chosen_outputs()
     fixed = Scan(images.read_image(job.fixed), str(job.fixed))
+    validation.check_grid_options(fixed.image, job.fixed, job.settings.spacing, job.export_spacing)
     moving = Scan(images.read_image(job.moving), str(job.moving))
     label_maps = None
     if job.fixed_labels is not None:
@@ -97,7 +115,7 @@ def run_register_job(job: RegisterJob, progress: Progress | None = None) -> dict
     transform = result.to_sitk(job.export_spacing)
     before = resample_moving(moving.image, fixed.image)
     warped = resample_moving(moving.image, fixed.image, transform)
-    report = _report(job, result, before, warped)
+    report = {**_report(job, result, before, warped), "warnings": warned}
     if label_maps is not None:
         warped_labels = resample_moving(label_maps[1], fixed.image, transform, labels=True)
         report["dice"] = dice_report(label_maps[0], resample_moving(label_maps[1], fixed.image, labels=True),
@@ -105,7 +123,7 @@ def run_register_job(job: RegisterJob, progress: Progress | None = None) -> dict
     timings["export"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    with outputs.OutputFolder(job.output, replaces=ALL_FILES) as out:
+    with outputs.OutputFolder(job.output, earlier=earlier_outputs) as out:
         if "transform" in chosen:
             images.write_transform(transform, out / "transform.h5")
         if "displacement" in chosen:

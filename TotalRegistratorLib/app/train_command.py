@@ -14,17 +14,18 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..app.arguments import non_negative, positive
+from ..app.arguments import non_negative, path, positive, threads, within
+from ..app.running import run_guarded
 from ..core import runtime
 from ..core.preprocess import NETWORK_SIZE
 from ..errors import InputError
 from ..io.labels import read_pairs_csv
 from ..io.outputs import check_output_dir
-from ..learned.cascade import Cascade
+from ..learned.cascade import Cascade, read_checkpoint
 from ..learned.dataset import PairDataset
 from ..learned.losses import LossWeights
 from ..learned.training import Context, Trainer, TrainSettings, barrier, phantom_pairs, split_validation, start
-from ..registry import BLOCK, BLOCKS
+from ..registry import BLOCK, BLOCKS, PHANTOM_SPACING_RANGE_MM
 
 
 def _size(text: str) -> tuple[int, int, int]:
@@ -48,22 +49,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--block", required=True, choices=(*BLOCKS, "all"),
                    help="block to train; 'all' trains affine, bone, thorax, abdomen, then wholebody")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", type=Path, help="pairs CSV with fixed, moving, fixed_labels, moving_labels")
+    source.add_argument("--data", type=path, help="pairs CSV with fixed, moving, fixed_labels, moving_labels")
     source.add_argument("--phantom", type=positive(int), metavar="N",
                         help="simulate N phantom pairs (cached) and train on them")
-    p.add_argument("--val-data", type=Path, help="validation pairs CSV (default: the last 10%% of --data)")
+    p.add_argument("--val-data", type=path, help="validation pairs CSV (default: the last 10%% of --data)")
     p.add_argument("--val-pairs", type=non_negative(int), default=None,
                    help="phantom validation pairs (default: N/10, at least 1)")
-    p.add_argument("-o", "--output", type=Path, required=True, help="folder for block files, resume files and logs")
-    p.add_argument("--weights", type=Path,
+    p.add_argument("-o", "--output", type=path, required=True, help="folder for block files, resume files and logs")
+    p.add_argument("--weights", type=path,
                    help="folder with the preceding blocks (default: --output; not with --block all, which "
                         "trains them into --output)")
-    p.add_argument("--cache", type=Path, help="cache folder for phantom pairs and tensors (default: OUTPUT/cache)")
+    p.add_argument("--cache", type=path, help="cache folder for phantom pairs and tensors (default: OUTPUT/cache)")
     p.add_argument("--epochs", type=positive(int), default=400)
     p.add_argument("--pairs-per-epoch", type=positive(int), default=400,
                    help="pairs per epoch (default 400; under torchrun rounded up to a multiple of the processes)")
     p.add_argument("--lr", type=positive(float), default=1e-4)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative(int), default=0)
     defaults = LossWeights()
     p.add_argument("--similarity-weight", type=non_negative(float), default=defaults.similarity, help="alpha (MI)")
     p.add_argument("--dice-weight", type=non_negative(float), default=defaults.dice, help="lambda (Dice)")
@@ -71,9 +72,10 @@ def parser() -> argparse.ArgumentParser:
                    help="beta (bending energy, mm^-2; ignored for the affine block)")
     p.add_argument("--joint-backward", action="store_true", help="one backward pass for all organs (more memory)")
     p.add_argument("--grid-size", type=_size, default=NETWORK_SIZE, help="network grid x,y,z (default 128,96,160)")
-    p.add_argument("--phantom-spacing", type=positive(float), default=3.0, help="voxel spacing of phantom scans, mm")
+    p.add_argument("--phantom-spacing", type=within(float, *PHANTOM_SPACING_RANGE_MM), default=3.0,
+                   help="voxel spacing of phantom scans, mm ({:g}..{:g})".format(*PHANTOM_SPACING_RANGE_MM))
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--threads", type=positive(int), default=None, help="torch CPU threads per process")
+    p.add_argument("--threads", type=threads, default=None, help="torch CPU threads per process (at most the CPUs)")
     p.add_argument("--restart", action="store_true", help="ignore resume files and start from scratch")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -103,45 +105,58 @@ def _datasets(args, ctx: Context) -> tuple[PairDataset, PairDataset | None, str]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``train.py`` entry point; returns the exit code (2 with a one-line message for bad input)."""
+    """``train.py`` entry point; returns the exit code (2 with a one-line message for bad input, 130/143 when
+    interrupted: :mod:`TotalRegistratorLib.app.running`)."""
     args = parser().parse_args(argv)
     try:
-        if args.block == "all" and args.weights:
-            raise InputError("--weights: --block all trains every block into --output and uses no other weights")
-        check_output_dir(args.output)
-        if args.cache:
-            check_output_dir(args.cache)
-        runtime.configure()
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        ctx = start(args.device)
-        train, val, description = _datasets(args, ctx)
-        blocks = BLOCKS if args.block == "all" else (args.block,)
-        weights = args.weights or args.output
-        for block in blocks:
-            settings = TrainSettings(block, args.epochs, args.pairs_per_epoch, args.lr, args.seed,
-                                     LossWeights(args.similarity_weight, args.dice_weight, args.bending_weight),
-                                     not args.joint_backward, args.grid_size, args.device, not args.quiet)
-            preceding = BLOCK[block].preceding
-            missing = [b for b in preceding if not (weights / f"{b}.pt").is_file()]
-            if missing:
-                raise InputError(f"{weights}: training the {block} block needs the trained "
-                                 f"{', '.join(missing)} block(s) there; train them first")
-            frozen = Cascade.load(weights, preceding, args.grid_size) if preceding else None
-            trainer = Trainer(settings, args.output, frozen, description, ctx)
-            if args.restart and ctx.main:
-                for key in ("last", "log"):
-                    trainer.paths[key].unlink(missing_ok=True)
-            barrier(ctx)
-            if trainer.resume() and ctx.main and not args.quiet:
-                print(f"{block}: resuming after epoch {trainer.epoch}", file=sys.stderr)
-            best = trainer.fit(train, val)
-            if ctx.main:
-                print(f"{block}: best weights {best}")
-    except InputError as err:
-        print(f"train.py: error: {err}", file=sys.stderr)
-        return 2
+        return run_guarded("train.py", lambda: _train(args))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _frozen(block: str, weights: Path, size: tuple[int, int, int]) -> Cascade | None:
+    """The trained blocks that precede ``block``, from ``weights`` (None for the affine block)."""
+    preceding = BLOCK[block].preceding
+    missing = [b for b in preceding if not (weights / f"{b}.pt").is_file()]
+    if missing:
+        raise InputError(f"{weights}: training the {block} block needs the trained "
+                         f"{', '.join(missing)} block(s) there; train them first")
+    return Cascade.load(weights, preceding, size) if preceding else None
+
+
+def _train(args: argparse.Namespace) -> int:
+    if args.block == "all" and args.weights:
+        raise InputError("--weights: --block all trains every block into --output and uses no other weights")
+    check_output_dir(args.output)
+    if args.cache:
+        check_output_dir(args.cache)
+    runtime.configure()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ctx = start(args.device)
+    blocks = BLOCKS if args.block == "all" else (args.block,)
+    weights = args.weights or args.output
+    # weights and resume files are checked before the (slow) data preparation
+    early = {} if args.block == "all" else {args.block: _frozen(args.block, weights, args.grid_size)}
+    for block in blocks:
+        resume = args.output / f"{block}.last.pt"
+        if resume.exists() and not args.restart:
+            read_checkpoint(resume)
+    train, val, description = _datasets(args, ctx)
+    for block in blocks:
+        settings = TrainSettings(block, args.epochs, args.pairs_per_epoch, args.lr, args.seed,
+                                 LossWeights(args.similarity_weight, args.dice_weight, args.bending_weight),
+                                 not args.joint_backward, args.grid_size, args.device, not args.quiet)
+        frozen = early[block] if block in early else _frozen(block, weights, args.grid_size)
+        trainer = Trainer(settings, args.output, frozen, description, ctx)
+        if args.restart and ctx.main:
+            for key in ("last", "log"):
+                trainer.paths[key].unlink(missing_ok=True)
+        barrier(ctx)
+        if trainer.resume() and ctx.main and not args.quiet:
+            print(f"{block}: resuming after epoch {trainer.epoch}", file=sys.stderr)
+        best = trainer.fit(train, val)
+        if ctx.main:
+            print(f"{block}: best weights {best}")
     return 0

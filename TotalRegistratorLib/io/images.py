@@ -9,6 +9,7 @@ write to a temporary name beside the target and rename it when complete.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import SimpleITK as sitk
 
 from ..core.grid import Grid
 from ..errors import InputError
+from . import messages, validation
 from .outputs import atomic_path
 
 
@@ -35,54 +37,65 @@ def _read(path: Path) -> sitk.Image:
 def read_volume(path: str | os.PathLike) -> sitk.Image:
     """Read a 3D scalar image (file or DICOM folder) as stored, values unchecked (e.g. a reference grid).
 
-    Raises :class:`InputError` for missing or unreadable files and images that are not 3D or have
-    several components.
+    Raises :class:`InputError` for missing, unreadable, special (pipes, devices) or truncated files,
+    unusable headers (:mod:`.validation`) and images that are not 3D or have several components.
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file or folder")
+    path = validation.check_input_path(path)
+    if path.is_file() and validation.is_nifti(path):
+        validation.check_nifti_file(path)
     try:
-        image = _read(path)
+        with messages.library_output() as caught:
+            image = _read(path)
     except RuntimeError as err:
-        reason = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown error"
-        raise InputError(f"{path}: cannot read image ({reason[:160]})") from None
+        raise InputError(f"{path}: cannot read image ({_reason(err, caught)})") from None
     if image.GetDimension() != 3 or min(image.GetSize()) < 2:
         raise InputError(f"{path}: expected a 3D volume, got size {image.GetSize()}")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{path}: expected one value per voxel, got {image.GetNumberOfComponentsPerPixel()}")
+    validation.check_geometry(image, path)
     return image
+
+
+# ITK's words -> what they mean for the user (ITK's own text for a truncated MetaImage is "No such file")
+_REASONS = (("Zero-valued spacing", "voxel size 0 in the header"),
+            ("determinant is 0", "degenerate voxel axes in the header (singular direction matrix)"),
+            ("not read completely", "file is truncated: less data than its header says"),
+            ("No such file or directory", "file is truncated or corrupt"))
+
+
+def _reason(err: RuntimeError, caught: list[str]) -> str:
+    """One readable line from an ITK exception and what ITK printed meanwhile."""
+    text = "\n".join([str(err), *caught])
+    known = next((reason for words, reason in _REASONS if words in text), None)
+    if known:
+        return known
+    match = re.search(r"ITK ERROR: [^:]*: *(.+)", str(err))
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return (match.group(1) if match else lines[-1] if lines else "unknown error")[:160]
 
 
 def read_image(path: str | os.PathLike, labels: bool = False) -> sitk.Image:
     """Read a 3D scalar image (file or DICOM folder) and check it is usable.
 
     CT images come back as float32 Hounsfield units, label maps (``labels=True``)
-    as integers. Raises :class:`InputError` for missing or unreadable files,
-    images that are not 3D, have several components, hold NaN, or (for CT) are
-    constant, and label maps whose values are not whole numbers in 0..65535.
+    as integers. Raises :class:`InputError` for the problems of :func:`read_volume`,
+    images that hold NaN or (for CT) are constant, and label maps whose values are not whole
+    numbers in 0..65535. Questionable CT images (8-bit, label-like, huge voxels) are warned about.
     """
     path = Path(path)
     image = read_volume(path)
     if labels:
-        return image if image.GetPixelID() in _INTEGER_TYPES else _as_label_map(image, path)
+        validation.check_label_values(sitk.GetArrayViewFromImage(image), path)
+        return image if image.GetPixelID() in _INTEGER_TYPES else sitk.Cast(image, sitk.sitkUInt16)
+    stored = image
     image = sitk.Cast(image, sitk.sitkFloat32)
     values = sitk.GetArrayViewFromImage(image)
     if not np.isfinite(values).all() or _nifti_has_non_finite(path):
         raise InputError(f"{path}: image contains NaN or infinite voxels")
     if values.min() == values.max():
         raise InputError(f"{path}: image is constant ({values.min():g} everywhere)")
+    validation.warn_questionable_ct(stored, path)
     return image
-
-
-def _as_label_map(image: sitk.Image, path: Path) -> sitk.Image:
-    """A label map stored as floats or 64-bit integers, as UInt16; refused unless every value is a
-    whole number in 0..65535 (a linearly resampled label map has fractions: truncating them moves borders)."""
-    values = sitk.GetArrayViewFromImage(image)
-    if not np.isfinite(values).all() or not np.array_equal(values, np.round(values)):
-        raise InputError(f"{path}: label map holds values that are not whole numbers")
-    if values.min() < 0 or values.max() > 65535:
-        raise InputError(f"{path}: label values must lie in 0..65535, got {values.min():g}..{values.max():g}")
-    return sitk.Cast(image, sitk.sitkUInt16)
 
 
 def _nifti_has_non_finite(path: Path) -> bool:
@@ -102,25 +115,26 @@ _INTEGER_TYPES = {sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16
 
 def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> None:
     """Write an image atomically; the format follows the extension (.nii.gz, .nrrd, .mha, ...)."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, messages.library_output():
         sitk.WriteImage(image, str(tmp), compress)
 
 
 def write_transform(transform: sitk.Transform, path: str | os.PathLike) -> None:
     """Write an ITK transform (.h5, .tfm) atomically."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, messages.library_output():
         sitk.WriteTransform(transform, str(tmp))
 
 
 def read_transform(path: str | os.PathLike) -> sitk.Transform:
     """Read an ITK transform file, flattening a one-element composite."""
-    path = Path(path)
+    path = validation.check_input_path(path, "transform file")
     if not path.is_file():
-        raise InputError(f"{path}: no such transform file")
+        raise InputError(f"{path}: is a folder, not a transform file")
     try:
-        transform = sitk.ReadTransform(str(path))
+        with messages.library_output():
+            transform = sitk.ReadTransform(str(path))
     except RuntimeError:
-        raise InputError(f"{path}: cannot read as an ITK transform") from None
+        raise InputError(f"{path}: cannot read as an ITK transform (not one, or truncated)") from None
     if isinstance(transform, sitk.CompositeTransform) and transform.GetNumberOfTransforms() == 1:
         transform = transform.GetNthTransform(0)
     if transform.GetDimension() != 3:

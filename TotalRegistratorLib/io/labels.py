@@ -22,6 +22,7 @@ ITK transform.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ import SimpleITK as sitk
 from ..errors import InputError
 from ..io.images import check_same_grid, read_image
 from ..io.outputs import atomic_path
+from ..io.validation import read_text
 from ..registry import LABELS, STRUCTURES, TRAINING_STRUCTURES
 
 _SPINE = ("S1", "L5", "L4", "L3", "L2", "L1", *(f"T{i}" for i in range(12, 0, -1)), *(f"C{i}" for i in range(7, 0, -1)))
@@ -158,10 +160,9 @@ def read_pairs_csv(path: str | os.PathLike) -> list[PairRecord]:
     spreadsheets write, are ignored); an unknown column is an error rather than silently unused.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such pairs CSV")
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
+    text = read_text(path, "pairs CSV")
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         reader.fieldnames = columns = [c.strip() for c in reader.fieldnames or []]
         missing = [c for c in _REQUIRED if c not in columns]
         if missing:
@@ -170,6 +171,8 @@ def read_pairs_csv(path: str | os.PathLike) -> list[PairRecord]:
         if unknown:
             raise InputError(f"{path}: unknown column(s) {', '.join(unknown)} (known: {', '.join(PAIR_COLUMNS)})")
         rows = [(reader.line_num, row) for row in reader]
+    except csv.Error as err:
+        raise InputError(f"{path}: not a readable CSV ({err})") from None
     if not rows:
         raise InputError(f"{path}: no pairs listed")
     records = []

@@ -164,39 +164,75 @@ def save_block(path: str | os.PathLike, network: nn.Module, config: dict) -> Non
         torch.save(payload, tmp)
 
 
+def read_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict:
+    """The dict a ``.pt`` file holds, read with ``weights_only=True`` (no pickled code runs); missing,
+    special, empty, corrupt or non-dict files raise one-line :class:`InputError` naming the file."""
+    from ..io.validation import check_input_path
+
+    path = check_input_path(path, "weights file")
+    if not path.is_file():
+        raise InputError(f"{path}: is a folder, not a weights file")
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is an input error
+        first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise InputError(f"{path}: not a readable PyTorch file ({first[:120]})") from None
+    if not isinstance(payload, dict):
+        raise InputError(f"{path}: holds a {type(payload).__name__}, not a TotalRegistrator weights file")
+    return payload
+
+
 def load_block(path: str | os.PathLike, block: str | None = None,
                size: Sequence[int] | None = None) -> tuple[nn.Module, dict]:
     """Read a block file; check it is a TotalRegistrator block (of ``block``, on a ``size`` grid) and load it.
 
-    Returns (network in eval mode on the CPU, config). Raises :class:`InputError` naming the file.
+    Returns (network in eval mode on the CPU, config). Raises :class:`InputError` naming the file for
+    anything else: not a block file, a missing or malformed ``config``, weights that do not fit the
+    architecture or hold NaN or infinite values.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such block weights file")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is an input error
-        raise InputError(f"{path}: not a readable PyTorch file ({str(err).splitlines()[0][:120]})") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+    payload = read_checkpoint(path)
+    if payload.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{path}: not a TotalRegistrator block file (no '{CHECKPOINT_FORMAT}' header)")
     if payload.get("format_version") != CHECKPOINT_VERSION:
         raise InputError(f"{path}: block file format version {payload.get('format_version')} is not "
                          f"{CHECKPOINT_VERSION} (written by another TotalRegistrator version)")
-    config = payload["config"]
-    if block is not None and config.get("block") != block:
-        raise InputError(f"{path}: holds the {config.get('block')!r} block, expected {block!r}")
-    if config.get("block") not in BLOCKS or config.get("architecture") not in ("affine", "unet"):
-        raise InputError(f"{path}: unknown block {config.get('block')!r} / architecture {config.get('architecture')!r}")
-    if size is not None and list(config.get("grid_size", [])) != [int(s) for s in size]:
-        raise InputError(f"{path}: trained on a {config.get('grid_size')} grid, the cascade uses {list(size)}")
-    network = build_network(config)
+    config = check_block_config(payload.get("config"), path)
+    if block is not None and config["block"] != block:
+        raise InputError(f"{path}: holds the {config['block']!r} block, expected {block!r}")
+    if size is not None and list(config["grid_size"]) != [int(s) for s in size]:
+        raise InputError(f"{path}: trained on a {config['grid_size']} grid, the cascade uses {list(size)}")
+    state = payload.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(f"{path}: holds no weights (no 'state_dict' of tensors)")
+    if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
+        raise InputError(f"{path}: weights hold NaN or infinite values")
     try:
-        network.load_state_dict(payload["state_dict"])
-    except RuntimeError as err:
+        network = build_network(config)
+        network.load_state_dict(state)
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
         first = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
         raise InputError(f"{path}: weights do not fit the {config['architecture']} architecture ({first[:160]})") \
             from None
     return network.eval(), config
+
+
+def check_block_config(config, path: Path) -> dict:
+    """``config`` of a block file, refused (one line naming the file) unless it names a known block and
+    architecture with channel lists and a three-axis grid size that a network can be built from."""
+    if not isinstance(config, dict):
+        raise InputError(f"{path}: block file has no 'config' (or it is not a dict)")
+    if config.get("block") not in BLOCKS or config.get("architecture") not in ("affine", "unet"):
+        raise InputError(f"{path}: unknown block {config.get('block')!r} / architecture {config.get('architecture')!r}")
+
+    def counts(key: str, length: int | None = None) -> bool:
+        value = config.get(key)
+        return (isinstance(value, list) and all(isinstance(v, int) and 0 < v <= 4096 for v in value)
+                and (length is None or len(value) == length))
+
+    if not (counts("encoder") and config["encoder"] and counts("decoder") and counts("grid_size", 3)):
+        raise InputError(f"{path}: malformed config (encoder, decoder or grid_size is not a list of counts)")
+    return config
 
 
 def apply_block(name: str, network: nn.Module, mapping: Mapping, fixed: torch.Tensor,

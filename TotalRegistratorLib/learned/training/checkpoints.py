@@ -15,7 +15,7 @@ import torch
 
 from ...errors import InputError
 from ...io.outputs import atomic_path
-from ...learned.cascade import load_block
+from ...learned.cascade import load_block, read_checkpoint
 
 LOG_COLUMNS = ("epoch", "train_loss", "similarity", "dice_loss", "bending", "val_dice", "seconds")
 RESUME_KEYS = ("block", "architecture", "grid_size", "loss_weights", "per_organ", "preceding", "training_data")
@@ -26,15 +26,29 @@ def block_paths(folder: Path, block: str) -> dict[str, Path]:
     return {"best": folder / f"{block}.pt", "last": folder / f"{block}.last.pt", "log": folder / f"{block}.log.csv"}
 
 
-def read_resume(path: Path, config: dict, device: torch.device) -> dict:
-    """The resume file's state; InputError when it was trained with other settings than ``config``."""
-    state = torch.load(path, map_location=device, weights_only=True)
-    saved = state["config"]
+def restore(path: Path, config: dict, network: torch.nn.Module, optimizer: torch.optim.Optimizer,
+            device: torch.device) -> int:
+    """Load the resume file into ``network`` and ``optimizer`` and return its epoch. It is read through the
+    checked reader (:func:`~TotalRegistratorLib.learned.cascade.read_checkpoint`); a corrupt, empty or
+    foreign file, or one trained with other settings than ``config``, raises one-line InputError."""
+    state = read_checkpoint(path, device)
+    saved, epoch = state.get("config"), state.get("epoch")
+    if not (isinstance(saved, dict) and isinstance(state.get("state_dict"), dict)
+            and isinstance(state.get("optimizer"), dict) and isinstance(epoch, int) and epoch >= 0):
+        raise InputError(f"{path}: not a resume file (needs config, state_dict, optimizer and epoch; delete it or "
+                         "pass --restart)")
     for key in RESUME_KEYS:
         if saved.get(key) != config.get(key):
             raise InputError(f"{path}: was trained with {key}={saved.get(key)!r}, this run has "
                              f"{config.get(key)!r} (delete it or pass --restart to start over)")
-    return state
+    try:
+        network.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise InputError(f"{path}: resume file does not fit this block ({first[:120]}; delete it or pass "
+                         "--restart)") from None
+    return epoch
 
 
 def write_resume(path: Path, config: dict, network: torch.nn.Module, optimizer: torch.optim.Optimizer,

@@ -16,7 +16,7 @@ from ...learned.cascade import Cascade, Mapping, apply_block, block_config, buil
 from ...learned.dataset import PairDataset, network_grids
 from ...learned.losses import backward
 from ...registry import BLOCK, TRAINING_STRUCTURES
-from .checkpoints import LOG_COLUMNS, append_log, best_metrics, block_paths, read_resume, trim_log, write_resume
+from .checkpoints import LOG_COLUMNS, append_log, best_metrics, block_paths, restore, trim_log, write_resume
 from .data import epoch_order
 from .distributed import Context, barrier, start, sum_across
 from .settings import TrainSettings
@@ -103,10 +103,7 @@ class Trainer:
         path = self.paths["last"]
         if not path.is_file():
             return False
-        state = read_resume(path, self.config, self.ctx.device)
-        self.network.load_state_dict(state["state_dict"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.epoch = int(state["epoch"])
+        self.epoch = restore(path, self.config, self.network, self.optimizer, self.ctx.device)
         # the best block file on disk is the truth (a stop between writing it and last.pt leaves last.pt behind)
         saved = best_metrics(self.paths["best"], self.s.block, self.s.size)
         self.best, self.selected_by = float(saved.get("selection", -float("inf"))), saved.get("selected_by")

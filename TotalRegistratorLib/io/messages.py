@@ -1,0 +1,94 @@
+"""What reaches stderr: one line per questionable input, nothing from the libraries underneath.
+
+:func:`warn` raises an :class:`~TotalRegistratorLib.errors.InputWarning` (a Python warning) and adds
+its text to every list opened by :func:`record_warnings` (a report's ``warnings``).
+:func:`route_messages` (the commands call it once) prints those warnings as one line
+``<program>: warning: <text>`` and sends every other Python warning (torch, matplotlib,
+nibabel) to :mod:`logging`. :func:`library_output` catches what ITK, GDCM, HDF5 and
+MetaImage write straight to file descriptor 2 and logs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+import threading
+import warnings
+from collections.abc import Iterator
+
+from ..errors import InputWarning
+
+LOG = logging.getLogger("TotalRegistratorLib")
+_recording: list[list[str]] = []
+_fd_lock = threading.RLock()
+
+
+def warn(message: str) -> None:
+    """Warn about a questionable input (one line naming the file) and record it where asked."""
+    for recorded in _recording:
+        recorded.append(message)
+    warnings.warn(message, InputWarning, stacklevel=2)
+
+
+@contextlib.contextmanager
+def record_warnings() -> Iterator[list[str]]:
+    """A list that collects the text of every :func:`warn` inside the block (e.g. for a report)."""
+    recorded: list[str] = []
+    _recording.append(recorded)
+    try:
+        yield recorded
+    finally:
+        _recording.remove(recorded)
+
+
+def route_messages(prefix: str) -> None:
+    """Command-line setup: :class:`InputWarning` as one stderr line ``<prefix>text``, other warnings and
+    ITK's own warnings to :data:`LOG` (not stderr)."""
+    import SimpleITK as sitk
+
+    sitk.ProcessObject_SetGlobalWarningDisplay(False)
+    nibabel_log = logging.getLogger("nibabel.global")  # nibabel prints header fixes to stderr itself
+    nibabel_log.handlers.clear()
+    nibabel_log.propagate = False
+    nibabel_log.addHandler(_ToDebug())
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, InputWarning):
+            print(f"{prefix}{message}", file=sys.stderr, flush=True)
+        else:
+            LOG.debug("%s: %s (%s:%s)", category.__name__, message, filename, lineno)
+
+    warnings.showwarning = show
+    warnings.simplefilter("always", InputWarning)
+
+
+class _ToDebug(logging.Handler):
+    """Passes another library's log records on to :data:`LOG` at debug level."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        LOG.debug("%s: %s", record.name, record.getMessage())
+
+
+@contextlib.contextmanager
+def library_output() -> Iterator[list[str]]:
+    """Catch what C++ libraries write to file descriptor 2 inside the block and log it (debug) instead.
+
+    Yields a list that holds the caught text once the block has ended (e.g. for an error message)."""
+    with _fd_lock, tempfile.TemporaryFile() as sink:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        caught: list[str] = []
+        try:
+            yield caught
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode(errors="replace").strip()
+            if text:
+                caught.append(text)
+                LOG.debug("library output: %s", text)
