@@ -20,7 +20,7 @@ from ..core.itk_bridge import field_to_image
 from ..core.preprocess import Scan
 from ..errors import InputError
 from ..io import images, messages, outputs, validation
-from ..optimization.instance import Result, resample_moving, subtraction
+from ..optimization.instance import Result, check_overlap, resample_moving, subtraction
 from ..optimization.optimizer import OptimizationSettings, Progress, resolve_device
 from ..registry import DEFAULT_OUTPUTS, OUTPUT_TABLE, OUTPUTS, REPORT_FILE
 from ..weights import folder as shipped_weights
@@ -107,6 +107,9 @@ def _run(job: RegisterJob, progress: Progress | None, warned: list[str]) -> dict
         images.check_same_grid(label_maps[0], fixed.image, job.fixed_labels, "the fixed image")
         images.check_same_grid(label_maps[1], moving.image, job.moving_labels, "the moving image")
     cascade = load_cascade(job.weights, job.blocks) if job.blocks else None
+    check_overlap(fixed, moving)
+    _ = fixed.mask, moving.mask  # computed (and kept) now, so their refusals come before the warnings show
+    messages.release_warnings()
     timings = {"read": time.perf_counter() - clock}
     result, stage_times = register(fixed, moving, job.settings, cascade, job.refine, progress)
     timings.update(stage_times)

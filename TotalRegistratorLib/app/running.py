@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 
 from ..errors import InputError, Terminated
-from ..io.messages import route_messages
+from ..io.messages import held_warnings, route_messages
 from ..io.outputs import stop_on_sigterm
 
 EXIT_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 128 + signal.SIGINT, 128 + signal.SIGTERM
@@ -28,10 +28,11 @@ def run_guarded(prog: str, body: Callable[[], int]) -> int:
     """Run a command's ``body`` and turn its ways of failing into an exit code and one stderr line."""
     route_messages(f"{prog}: warning: ")
     try:
-        if threading.current_thread() is not threading.main_thread():
-            return body()
-        with stop_on_sigterm():
-            return body()
+        with held_warnings():  # a refusal is one line: warnings show once the inputs are accepted
+            if threading.current_thread() is not threading.main_thread():
+                return body()
+            with stop_on_sigterm():
+                return body()
     except InputError as err:
         return _say(f"{prog}: error: {err}", EXIT_INPUT)
     except MemoryError:

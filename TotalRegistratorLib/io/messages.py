@@ -1,7 +1,9 @@
 """What reaches stderr: one line per questionable input, nothing from the libraries underneath.
 
 :func:`warn` raises an :class:`~TotalRegistratorLib.errors.InputWarning` (a Python warning) and adds
-its text to every list opened by :func:`record_warnings` (a report's ``warnings``).
+its text to every list opened by :func:`record_warnings` (a report's ``warnings``). Inside
+:func:`held_warnings` the warnings wait until :func:`release_warnings` (or the block's end) and are
+dropped when the block raises first, so a refused input is one line, not a warning and an error.
 :func:`route_messages` (the commands call it once) prints those warnings as one line
 ``<program>: warning: <text>`` and sends every other Python warning (torch, matplotlib,
 nibabel) to :mod:`logging`. :func:`library_output` catches what ITK, GDCM, HDF5 and
@@ -23,6 +25,7 @@ from ..errors import InputWarning
 
 LOG = logging.getLogger("TotalRegistratorLib")
 _recording: list[list[str]] = []
+_held: list[list[str] | None] = []  # innermost hold: warnings not shown yet (None once released)
 _fd_lock = threading.RLock()
 
 
@@ -30,7 +33,32 @@ def warn(message: str) -> None:
     """Warn about a questionable input (one line naming the file) and record it where asked."""
     for recorded in _recording:
         recorded.append(message)
-    warnings.warn(message, InputWarning, stacklevel=2)
+    if _held and _held[-1] is not None:
+        _held[-1].append(message)
+    else:
+        warnings.warn(message, InputWarning, stacklevel=2)
+
+
+@contextlib.contextmanager
+def held_warnings() -> Iterator[None]:
+    """Hold :func:`warn`'s warnings until :func:`release_warnings` or the end of the block; drop them if
+    the block raises before."""
+    _held.append([])
+    try:
+        yield
+    except BaseException:
+        _held.pop()
+        raise
+    release_warnings()
+    _held.pop()
+
+
+def release_warnings() -> None:
+    """Show the held warnings now (e.g. once every input has passed its checks); later ones show at once."""
+    if _held and _held[-1] is not None:
+        pending, _held[-1] = _held[-1], None
+        for message in pending:
+            warnings.warn(message, InputWarning, stacklevel=2)
 
 
 @contextlib.contextmanager
