@@ -85,7 +85,9 @@ def test_sheared_nifti_sform_is_refused(tmp_path):
     import nibabel
 
     affine = np.array([[5, 2.0, 0, -100], [0, 5, 0, -75], [0, 0, 5, -80], [0, 0, 0, 1]])
-    image = nibabel.Nifti1Image(np.full((10, 10, 10), 40, np.int16), affine)
+    values = np.random.default_rng(0).integers(-1000, 1000, (10, 10, 10)).astype(np.int16)
+    image = nibabel.Nifti1Image(values, affine)
+    image.header.set_qform(affine, 1)  # stored as the nearest rotation: ITK reads it and ignores the sheared sform
     nibabel.save(image, tmp_path / "sheared.nii.gz")
     assert "sheared" in input_error(tmp_path / "sheared.nii.gz")
 
