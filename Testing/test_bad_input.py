@@ -109,6 +109,22 @@ def test_hdf5_chatter_stays_off_stderr(pair, tmp_path, capfd):
     assert str(cut) in line and not (tmp_path / "w.nii.gz").exists()
 
 
+def test_library_warnings_go_to_logging_not_stderr(capfd, caplog):
+    import logging
+    import warnings
+
+    import nibabel
+
+    from TotalRegistratorLib.io.messages import route_messages
+
+    route_messages("totalregistrator: warning: ")
+    with caplog.at_level(logging.DEBUG, logger="TotalRegistratorLib"):
+        warnings.warn("torch or matplotlib chatter", UserWarning, stacklevel=1)
+        nibabel.imageglobals.logger.warning("nibabel header chatter")
+    assert capfd.readouterr().err == ""
+    assert "torch or matplotlib chatter" in caplog.text and "nibabel header chatter" in caplog.text
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files without read permission")
 def test_unreadable_file_is_not_called_missing(tmp_path):
     path = write(torso(GRID), tmp_path / "locked.nii.gz")
