@@ -164,12 +164,12 @@ def save_block(path: str | os.PathLike, network: nn.Module, config: dict) -> Non
         torch.save(payload, tmp)
 
 
-def read_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict:
-    """The dict a ``.pt`` file holds, read with ``weights_only=True`` (no pickled code runs); missing,
-    special, empty, corrupt or non-dict files raise one-line :class:`InputError` naming the file."""
+def read_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu", what: str = "weights file") -> dict:
+    """The dict a ``.pt`` file holds, read with ``weights_only=True`` (no pickled code runs); missing ("no such
+    <what>"), special, empty, corrupt or non-dict files raise one-line :class:`InputError` naming the file."""
     from ..io.validation import check_input_path
 
-    path = check_input_path(path, "weights file")
+    path = check_input_path(path, what)
     if not path.is_file():
         raise InputError(f"{path}: is a folder, not a weights file")
     try:
@@ -191,7 +191,7 @@ def load_block(path: str | os.PathLike, block: str | None = None,
     architecture or hold NaN or infinite values.
     """
     path = Path(path)
-    payload = read_checkpoint(path)
+    payload = read_checkpoint(path, what="block weights file")
     if payload.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{path}: not a TotalRegistrator block file (no '{CHECKPOINT_FORMAT}' header)")
     if payload.get("format_version") != CHECKPOINT_VERSION:
