@@ -293,6 +293,16 @@ def test_train_refuses_a_pairs_csv_that_is_not_utf8(tmp_path, capfd):
     assert len(err) == 1 and str(csv) in err[0] and "UTF-8" in err[0], err
 
 
+def test_pairs_csv_entry_that_is_a_link_loop_is_not_called_missing(tmp_path):
+    from TotalRegistratorLib.io.labels import read_pairs_csv
+
+    write(torso(GRID), tmp_path / "fixed.nii.gz")
+    (tmp_path / "loop.nii.gz").symlink_to(tmp_path / "loop.nii.gz")
+    (tmp_path / "pairs.csv").write_text("fixed,moving\nfixed.nii.gz,loop.nii.gz\n")
+    with pytest.raises(InputError, match=r"line 2: moving file .*loop\.nii\.gz: symbolic link loop"):
+        read_pairs_csv(tmp_path / "pairs.csv")
+
+
 # --- 12, 13: coordinates and label values ---------------------------------------------------------------
 def test_huge_origin_is_refused(tmp_path):
     far = type(GRID)(GRID.size, GRID.spacing, (1e9, 1e9, 1e9))

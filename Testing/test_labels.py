@@ -93,7 +93,7 @@ def test_pairs_csv_round_trip_and_errors(tmp_path):
     with pytest.raises(InputError, match=r"bad\.csv: missing column\(s\) moving"):
         read_pairs_csv(bad)
     bad.write_text("fixed,moving\na.nii.gz,missing.nii.gz\n")
-    with pytest.raises(InputError, match=r"bad\.csv: line 2: moving file .*missing\.nii\.gz does not exist"):
+    with pytest.raises(InputError, match=r"bad\.csv: line 2: moving file .*missing\.nii\.gz: no such file or folder"):
         read_pairs_csv(bad)
     bad.write_text("fixed,moving,label_format\na.nii.gz,b.nii.gz,weird\n")
     with pytest.raises(InputError, match="label_format"):

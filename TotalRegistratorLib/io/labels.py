@@ -33,7 +33,7 @@ import SimpleITK as sitk
 from ..errors import InputError
 from ..io.images import check_same_grid, read_image
 from ..io.outputs import atomic_path
-from ..io.validation import read_text
+from ..io.validation import check_input_path, read_text
 from ..registry import LABELS, STRUCTURES, TRAINING_STRUCTURES
 
 _SPINE = ("S1", "L5", "L4", "L3", "L2", "L1", *(f"T{i}" for i in range(12, 0, -1)), *(f"C{i}" for i in range(7, 0, -1)))
@@ -186,8 +186,10 @@ def read_pairs_csv(path: str | os.PathLike) -> list[PairRecord]:
                 entries[column] = None
                 continue
             file = Path(value) if Path(value).is_absolute() else path.parent / value
-            if not file.exists():
-                raise InputError(f"{path}: line {line}: {column} file {file} does not exist")
+            try:
+                check_input_path(file)  # missing, unreadable, a pipe or a link loop: said as such
+            except InputError as err:
+                raise InputError(f"{path}: line {line}: {column} file {err}") from None
             entries[column] = file
         label_format = (row.get("label_format") or "structures").strip() or "structures"
         if label_format not in LABEL_FORMATS:
