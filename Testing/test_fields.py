@@ -128,3 +128,15 @@ def test_exported_field_on_coarser_grid_keeps_box(oblique_grid):
     coarse = export_grid(oblique_grid, spacing=5.0)
     assert np.allclose(coarse.corners(), oblique_grid.corners(), atol=1e-6)
     assert max(coarse.spacing) <= 5.0 and coarse.num_voxels < oblique_grid.num_voxels
+
+
+def test_jacobian_in_slabs_equals_one_piece():
+    """The determinant is computed a few slices at a time; the slabs must join into the whole field's."""
+    grid = Grid((9, 8, 23), (2.0, 3.0, 2.5), (1.0, 2.0, 3.0), tuple(rotation("y", 15).ravel()))
+    field = torch.randn(1, 3, *grid.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    whole = fields.jacobian_determinant(field, grid, slab=100)
+    for slab in (1, 4, 7):
+        assert torch.allclose(fields.jacobian_determinant(field, grid, slab=slab), whole, atol=1e-12)
+    direct = torch.linalg.det(fields.spatial_gradient(field, grid).movedim(1, -1).movedim(1, -1) + torch.eye(3,
+                              dtype=torch.float64))
+    assert torch.allclose(whole, direct, atol=1e-10)

@@ -14,7 +14,7 @@ import torch
 from single_thread import one_thread  # noqa: F401  (autouse)
 
 from TotalRegistratorLib.app.train_command import main
-from TotalRegistratorLib.core.preprocess import body_grid, body_mask
+from TotalRegistratorLib.core.preprocess import body_grid, body_mask, mask_to_image
 from TotalRegistratorLib.errors import InputError
 from TotalRegistratorLib.io.images import read_image
 from TotalRegistratorLib.learned.cascade import Cascade, build_network, load_block
@@ -45,7 +45,7 @@ def settings(block="affine", **kw) -> TrainSettings:
 def test_items_carry_their_network_grids(pairs, data):
     fixed_grid, moving_grid = network_grids(data[0])
     image = read_image(pairs[1][0].fixed)
-    expected = body_grid(image, body_mask(image), size=SIZE)
+    expected = body_grid(mask_to_image(body_mask(image), image), size=SIZE)
     assert fixed_grid.size == SIZE and np.allclose(fixed_grid.index_to_world, expected.index_to_world)
     assert not np.allclose(moving_grid.index_to_world, fixed_grid.index_to_world), "each scan has its own box"
 

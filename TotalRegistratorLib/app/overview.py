@@ -34,14 +34,22 @@ def _views(array: np.ndarray) -> list[np.ndarray]:
     return [array[k], array[::-1, j, :], array[::-1, :, i]]  # axial, coronal, sagittal (superior up)
 
 
-def save_overview(path: str | os.PathLike, panels: dict[str, sitk.Image], title: str = "") -> None:
-    """Write a PNG with one column per panel (CT window -1000..1000 HU; subtractions 0..500 HU)."""
-    names = list(panels)
-    grid = display_grid(panels[names[0]])
+def save_overview(path: str | os.PathLike, fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform,
+                  title: str = "") -> None:
+    """Write a PNG of fixed, moving (before), warped and both subtractions, one column each (CT window
+    -1000..1000 HU; subtractions 0..500 HU). Everything is resampled straight onto the display grid, so a
+    full-resolution CT costs no full-size temporaries."""
+    grid = display_grid(fixed)
     reference = grid.reference_image()
-    arrays = {name: sitk.GetArrayFromImage(sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), reference,
-                                                         sitk.Transform(), sitk.sitkLinear, -1000.0))
-              for name, image in panels.items()}
+
+    def on_display(image: sitk.Image, through: sitk.Transform | None = None) -> np.ndarray:
+        return sitk.GetArrayFromImage(sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), reference,
+                                                    through or sitk.Transform(), sitk.sitkLinear, -1000.0))
+
+    arrays = {"fixed": on_display(fixed), "moving": on_display(moving), "warped": on_display(moving, transform)}
+    arrays["|fixed - moving|"] = np.abs(arrays["fixed"] - arrays["moving"])
+    arrays["|fixed - warped|"] = np.abs(arrays["fixed"] - arrays["warped"])
+    names = list(arrays)
     spacing = grid.spacing[0]
     fig, axes = plt.subplots(3, len(names), figsize=(2.6 * len(names), 7.5), squeeze=False)
     for column, name in enumerate(names):

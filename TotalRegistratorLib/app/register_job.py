@@ -116,9 +116,7 @@ def _run(job: RegisterJob, progress: Progress | None, warned: list[str]) -> dict
 
     clock = time.perf_counter()
     transform = result.to_sitk(job.export_spacing)
-    before = resample_moving(moving.image, fixed.image)
-    warped = resample_moving(moving.image, fixed.image, transform)
-    report = {**_report(job, result, before, warped), "warnings": warned}
+    report = {**_report(job, result, fixed, moving, transform), "warnings": warned}
     if label_maps is not None:
         warped_labels = resample_moving(label_maps[1], fixed.image, transform, labels=True)
         report["dice"] = dice_report(label_maps[0], resample_moving(label_maps[1], fixed.image, labels=True),
@@ -133,17 +131,19 @@ def _run(job: RegisterJob, progress: Progress | None, warned: list[str]) -> dict
             grid = result.export_grid(job.export_spacing)
             images.write_image(sitk.Cast(field_to_image(result.transform.field_on(grid), grid),
                                          sitk.sitkVectorFloat32), out / "displacement.nii.gz")
+        warped = resample_moving(moving.image, fixed.image, transform) if {"warped", "subtraction"} & {*chosen} \
+            else None
         if "warped" in chosen:
             images.write_image(warped, out / "warped.nii.gz")
         if "subtraction" in chosen:
-            images.write_image(subtraction(fixed.image, before), out / "subtraction_before.nii.gz")
+            images.write_image(subtraction(fixed.image, resample_moving(moving.image, fixed.image)),
+                               out / "subtraction_before.nii.gz")
             images.write_image(subtraction(fixed.image, warped), out / "subtraction_after.nii.gz")
+        del warped
         if "labels" in chosen:
             images.write_image(warped_labels, out / "warped_labels.nii.gz")
         if "overview" in chosen:
-            save_overview(out / "overview.png", {"fixed": fixed.image, "moving": before, "warped": warped,
-                                                 "|fixed - moving|": subtraction(fixed.image, before),
-                                                 "|fixed - warped|": subtraction(fixed.image, warped)},
+            save_overview(out / "overview.png", fixed.image, moving.image, transform,
                           title=f"{Path(job.moving).name} -> {Path(job.fixed).name}")
         timings["write"] = time.perf_counter() - clock
         timings["total"] = sum(timings.values())
@@ -155,10 +155,10 @@ def _run(job: RegisterJob, progress: Progress | None, warned: list[str]) -> dict
     return report
 
 
-def _report(job: RegisterJob, result: Result, before: sitk.Image, warped: sitk.Image) -> dict:
+def _report(job: RegisterJob, result: Result, fixed: Scan, moving: Scan, transform: sitk.Transform) -> dict:
     """The report's settings, environment, similarity and field quality (inside the fixed body)."""
     body_on_grid = sitk.GetArrayFromImage(preprocess.resample(
-        preprocess.mask_to_image(result.fixed_mask, result.fixed), result.grid, labels=True, default=0)) > 0
+        result.fixed_mask, result.grid, labels=True, default=0)) > 0
     affine = result.transform.affine
     return {
         "fixed": str(job.fixed), "moving": str(job.moving), "settings": job.settings.as_dict(),
@@ -168,7 +168,7 @@ def _report(job: RegisterJob, result: Result, before: sitk.Image, warped: sitk.I
         "device": str(resolve_device(job.settings.device)), "threads": torch.get_num_threads(),
         "versions": versions(), "working_grid": _grid_summary(result.grid),
         "affine_matrix": affine.tolist(),
-        "similarity_local_ncc": image_similarity(result.fixed, {"before": before, "after": warped}, result.grid),
+        "similarity_local_ncc": image_similarity(fixed, moving, transform, result.grid),
         "field_in_body": field_summary(result.transform.field_on(result.grid), result.grid, body_on_grid),
     }
 

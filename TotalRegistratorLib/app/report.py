@@ -12,6 +12,7 @@ import torch
 from .. import __version__
 from ..core import metrics, preprocess
 from ..core.grid import Grid
+from ..core.preprocess import Scan
 from ..optimization import similarity
 
 
@@ -38,16 +39,16 @@ def peak_memory_mb() -> float | None:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def image_similarity(fixed: sitk.Image, others: dict[str, sitk.Image], grid: Grid) -> dict[str, float]:
-    """Local NCC (radius 2, in [0, 1], higher is better) of the fixed image with each of ``others``
-    (images on the fixed grid), evaluated on ``grid``; the fixed image is resampled once.
-    """
-    def on_grid(image: sitk.Image) -> torch.Tensor:
-        array = sitk.GetArrayFromImage(preprocess.resample(image, grid))
+def image_similarity(fixed: Scan, moving: Scan, transform: sitk.Transform, grid: Grid) -> dict[str, float]:
+    """Local NCC (radius 2, in [0, 1], higher is better) of the fixed image with the moving image before
+    (identity) and after (``transform``) registration, evaluated on ``grid`` from the scans' previews."""
+    def on_grid(scan: Scan, through: sitk.Transform | None = None) -> torch.Tensor:
+        array = sitk.GetArrayFromImage(preprocess.resample(scan.preview, grid, transform=through))
         return preprocess.normalize_intensity(torch.as_tensor(array)[None, None].float())
 
     target = on_grid(fixed)
-    return {name: float(-similarity.local_ncc(target, on_grid(image), radius=2)) for name, image in others.items()}
+    return {name: float(-similarity.local_ncc(target, on_grid(moving, through), radius=2))
+            for name, through in (("before", None), ("after", transform))}
 
 
 def dice_report(fixed_labels: sitk.Image, before: sitk.Image, after: sitk.Image) -> dict:

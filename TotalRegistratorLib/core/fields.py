@@ -19,12 +19,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.grid import Grid, matrix_apply
+from .grid import Grid, matrix_apply
 
 
 def mapped_points(field: torch.Tensor, grid: Grid) -> torch.Tensor:
     """The moving points ``x + u(x)`` for every voxel of ``grid``, shape [N, K, J, I, 3]."""
     return grid.world_points(field.device, field.dtype) + field.movedim(1, -1)
+
+
+def sample_normalized(image: torch.Tensor, normalized: torch.Tensor, mode: str = "bilinear",
+                      padding_mode: str = "zeros") -> torch.Tensor:
+    """grid_sample (align_corners=True) of ``image`` [N, C, K, J, I] at normalised coordinates [N, ..., 3]."""
+    return F.grid_sample(image, normalized.to(image.dtype), mode=mode, padding_mode=padding_mode, align_corners=True)
 
 
 def sample(image: torch.Tensor, image_grid: Grid, points: torch.Tensor, mode: str = "bilinear",
@@ -37,8 +43,7 @@ def sample(image: torch.Tensor, image_grid: Grid, points: torch.Tensor, mode: st
     shape = points.shape
     pts = points.reshape(shape[0], -1, 1, 1, 3)
     normalized = matrix_apply(image_grid.world_to_normalized, pts)
-    out = F.grid_sample(image, normalized.to(image.dtype), mode=mode, padding_mode=padding_mode,
-                        align_corners=True)
+    out = sample_normalized(image, normalized, mode, padding_mode)
     return out.reshape(*out.shape[:2], *shape[1:-1])
 
 
@@ -92,13 +97,25 @@ def spatial_gradient(field: torch.Tensor, grid: Grid) -> torch.Tensor:
         by_index.append(torch.gradient(field, dim=dim)[0] if field.shape[dim] > 1 else torch.zeros_like(field))
     d_index = torch.stack(by_index, dim=2)  # derivative per index step, [N, C, 3(i,j,k), ...]
     # d/dx = (d/d index) @ d index/d x, with d index/d x = inv(direction @ diag(spacing))
-    inv = np.linalg.inv(grid.direction_matrix @ np.diag(grid.spacing))
+    inv = np.linalg.inv(grid.linear)
     m = torch.as_tensor(inv, dtype=field.dtype, device=field.device)
     return torch.einsum("nca...,ab->ncb...", d_index, m)
 
 
-def jacobian_determinant(field: torch.Tensor, grid: Grid) -> torch.Tensor:
-    """det(I + du/dx) of the map x -> x + u(x) at every voxel, [N, K, J, I], in physical space."""
-    grad = spatial_gradient(field, grid).movedim(1, -1).movedim(1, -1)  # [N, K, J, I, component, x]
-    jac = grad + torch.eye(3, dtype=field.dtype, device=field.device)
-    return torch.linalg.det(jac)
+def jacobian_determinant(field: torch.Tensor, grid: Grid, slab: int = 16) -> torch.Tensor:
+    """det(I + du/dx) of the map x -> x + u(x) at every voxel, [N, K, J, I], in physical space.
+
+    Computed ``slab`` slices along k at a time (with one slice of overlap, so the central differences are
+    those of the whole field) and expanded by cofactors: memory stays a few slabs, whatever the grid.
+    """
+    depth = field.shape[2]
+    parts = []
+    for k in range(0, depth, slab):
+        lower, upper = max(k - 1, 0), min(k + slab + 1, depth)
+        a = spatial_gradient(field[:, :, lower:upper], grid)  # [N, component, x, k, J, I]
+        a = a[:, :, :, k - lower:k - lower + min(slab, depth - k)]
+        a = a + torch.eye(3, dtype=field.dtype, device=field.device).view(1, 3, 3, 1, 1, 1)
+        parts.append(a[:, 0, 0] * (a[:, 1, 1] * a[:, 2, 2] - a[:, 1, 2] * a[:, 2, 1])
+                     - a[:, 0, 1] * (a[:, 1, 0] * a[:, 2, 2] - a[:, 1, 2] * a[:, 2, 0])
+                     + a[:, 0, 2] * (a[:, 1, 0] * a[:, 2, 1] - a[:, 1, 1] * a[:, 2, 0]))
+    return torch.cat(parts, dim=1)

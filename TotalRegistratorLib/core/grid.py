@@ -80,10 +80,15 @@ class Grid:
         return np.asarray(self.direction, float).reshape(3, 3)
 
     @property
+    def linear(self) -> np.ndarray:
+        """3 x 3 matrix ``direction @ diag(spacing)``: an index step (i, j, k) -> an LPS vector in mm."""
+        return self.direction_matrix @ np.diag(self.spacing)
+
+    @property
     def index_to_world(self) -> np.ndarray:
         """4 x 4 homogeneous matrix: continuous index (i, j, k) -> LPS mm."""
         m = np.eye(4)
-        m[:3, :3] = self.direction_matrix @ np.diag(self.spacing)
+        m[:3, :3] = self.linear
         m[:3, 3] = self.origin
         return m
 
@@ -121,13 +126,11 @@ class Grid:
 
     def transform_indices(self, indices: np.ndarray) -> np.ndarray:
         """Continuous indices (..., 3) -> LPS points (..., 3)."""
-        m = self.index_to_world
-        return np.asarray(indices, float) @ m[:3, :3].T + m[:3, 3]
+        return matrix_apply(self.index_to_world, np.asarray(indices, float))
 
     def transform_points(self, points: np.ndarray) -> np.ndarray:
         """LPS points (..., 3) -> continuous indices (..., 3)."""
-        m = self.world_to_index
-        return np.asarray(points, float) @ m[:3, :3].T + m[:3, 3]
+        return matrix_apply(self.world_to_index, np.asarray(points, float))
 
     def scaled(self, factor: float) -> Grid:
         """The same physical box sampled ``factor`` times more coarsely (same corner voxel centres)."""
@@ -172,14 +175,15 @@ class Grid:
         axes = [torch.arange(n, device=device, dtype=torch.float64) for n in self.size[::-1]]
         k, j, i = torch.meshgrid(*axes, indexing="ij")
         idx = torch.stack([i, j, k], dim=-1)
-        m = torch.as_tensor(self.index_to_world, device=device, dtype=torch.float64)
-        return (idx @ m[:3, :3].T + m[:3, 3]).to(dtype).unsqueeze(0)
+        return matrix_apply(self.index_to_world, idx).to(dtype).unsqueeze(0)
 
 
-def matrix_apply(matrix: np.ndarray | torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """Apply a 4 x 4 homogeneous matrix to points (..., 3)."""
-    m = torch.as_tensor(matrix, dtype=points.dtype, device=points.device)
-    return points @ m[:3, :3].T + m[:3, 3]
+def matrix_apply(matrix: np.ndarray | torch.Tensor, points: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """Apply a 4 x 4 homogeneous matrix to points (..., 3): numpy in, numpy out; torch in, torch out
+    (in the points' dtype and device)."""
+    if isinstance(points, torch.Tensor):
+        matrix = torch.as_tensor(matrix, dtype=points.dtype, device=points.device)
+    return points @ matrix[:3, :3].T + matrix[:3, 3]
 
 
 def physical_bounding_box(grid: Grid, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -14,7 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..core.grid import Grid
+from .grid import Grid
 
 
 def export_grid(fixed: Grid, spacing: float | None = None) -> Grid:

@@ -11,8 +11,14 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..core.fields import jacobian_determinant
-from ..core.grid import Grid
+from .fields import jacobian_determinant
+from .grid import Grid
+
+
+def mask_dice(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
+    """Dice overlap 2|A & B| / (|A| + |B|) of two boolean masks (numpy or torch); nan when both are empty."""
+    total = int(a.sum() + b.sum())
+    return 2.0 * float((a & b).sum()) / total if total else float("nan")
 
 
 def dice(a: np.ndarray, b: np.ndarray, labels=None) -> dict[int, float]:
@@ -23,12 +29,7 @@ def dice(a: np.ndarray, b: np.ndarray, labels=None) -> dict[int, float]:
         raise ValueError(f"label maps differ in shape: {a.shape} vs {b.shape}")
     if labels is None:
         labels = sorted((set(np.unique(a).tolist()) | set(np.unique(b).tolist())) - {0})
-    scores = {}
-    for label in labels:
-        in_a, in_b = a == label, b == label
-        total = int(in_a.sum() + in_b.sum())
-        scores[int(label)] = 2.0 * float(np.logical_and(in_a, in_b).sum()) / total if total else float("nan")
-    return scores
+    return {int(label): mask_dice(a == label, b == label) for label in labels}
 
 
 def jacobian_statistics(field: torch.Tensor, grid: Grid, mask: np.ndarray | None = None) -> dict[str, float]:

@@ -17,12 +17,13 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from ..core.grid import Grid, physical_bounding_box
 from ..errors import InputError
+from .grid import Grid, physical_bounding_box
 
 NETWORK_SIZE = (128, 96, 160)  # voxels along x (L-R), y (A-P), z (S-I)
 HU_RANGE = (-1000.0, 1000.0)
 BODY_THRESHOLD_HU = -500.0
+PREVIEW_SPACING = 2.0  # mm: the widest bin of a scan's preview, on which preprocessing works
 
 
 def body_mask(image: sitk.Image, threshold: float = BODY_THRESHOLD_HU, name: str = "image") -> np.ndarray:
@@ -34,7 +35,8 @@ def body_mask(image: sitk.Image, threshold: float = BODY_THRESHOLD_HU, name: str
     mask = values > threshold
     if not mask.any():
         raise InputError(f"{name}: no body found (no voxel above {threshold:g} HU)")
-    radius = np.maximum(np.round(3.0 / np.asarray(image.GetSpacing()[::-1])), 0).astype(int)
+    # 3 mm, at most the image's own extent (tiny voxels must not make a structuring element of GBs)
+    radius = np.minimum(np.round(3.0 / np.asarray(image.GetSpacing()[::-1])), mask.shape).astype(int)
     opened = ndimage.binary_opening(mask, structure=np.ones(2 * radius + 1, bool)) if radius.any() else mask
     if opened.any():
         mask = opened
@@ -65,15 +67,16 @@ def mask_to_image(mask: np.ndarray, reference: sitk.Image) -> sitk.Image:
     return out
 
 
-def body_grid(image: sitk.Image, mask: np.ndarray, size=None, spacing=None, margin: float = 0.0) -> Grid:
-    """LPS-aligned grid over the body's bounding box (grown by ``margin`` mm); give ``size`` or ``spacing``."""
-    lower, upper = physical_bounding_box(Grid.from_image(image), mask)
+def body_grid(mask: sitk.Image, size=None, spacing=None, margin: float = 0.0) -> Grid:
+    """LPS-aligned grid over the bounding box of the voxels set in ``mask`` (a label image with geometry),
+    grown by ``margin`` mm; give ``size`` or ``spacing``."""
+    lower, upper = physical_bounding_box(Grid.from_image(mask), sitk.GetArrayViewFromImage(mask) > 0)
     return Grid.covering(lower - margin, upper + margin, size=size, spacing=spacing)
 
 
 def network_grid(scan: Scan, size=NETWORK_SIZE) -> Grid:
     """The network grid (default the paper's 128 x 96 x 160) over the body's bounding box."""
-    return body_grid(scan.image, scan.mask, size=size)
+    return body_grid(scan.mask, size=size)
 
 
 def normalize_intensity(hu: np.ndarray | torch.Tensor):
@@ -99,17 +102,38 @@ def resample(image: sitk.Image, grid: Grid, labels: bool = False, default: float
                          sitk.sitkNearestNeighbor if labels else sitk.sitkLinear, default, image.GetPixelID())
 
 
+def binned(image: sitk.Image, spacing: float) -> sitk.Image:
+    """``image`` averaged over bins of whole voxels, each bin at most ``spacing`` mm wide (at least one
+    voxel, at most the image's size); the image itself when no axis can be binned."""
+    factors = [int(min(max(spacing // s, 1), n)) for s, n in zip(image.GetSpacing(), image.GetSize())]
+    return image if factors == [1, 1, 1] else sitk.BinShrink(image, factors)
+
+
 @dataclass
 class Scan:
-    """A CT volume (HU) as read, the name its messages use, and its body mask (computed once, on first use)."""
+    """A CT volume (HU) as read, the name its messages use, and what preprocessing derives from it once.
+
+    Work at the registration's resolution never touches the full-resolution voxels: a ``preview`` (the
+    image averaged over bins of at most :data:`PREVIEW_SPACING` mm) is made once, and the body mask is
+    found on it.
+    """
 
     image: sitk.Image
     name: str = "image"
 
     @functools.cached_property
-    def mask(self) -> np.ndarray:
-        """:func:`body_mask` of the image, [K, J, I] bool."""
-        return body_mask(self.image, name=self.name)
+    def preview(self) -> sitk.Image:
+        return binned(self.image, PREVIEW_SPACING)
+
+    @functools.cached_property
+    def mask(self) -> sitk.Image:
+        """The body mask (:func:`body_mask`) on the preview's grid, uint8 0/1."""
+        return mask_to_image(body_mask(self.preview, name=self.name), self.preview)
+
+    def source_for(self, grid: Grid) -> sitk.Image:
+        """The image to resample onto ``grid``: the preview unless ``grid`` is finer than it."""
+        fine = max(self.preview.GetSpacing()) > 0.8 * min(grid.spacing)
+        return self.image if fine else self.preview
 
 
 @dataclass
@@ -127,18 +151,16 @@ def prepare(scan: Scan, grid_for: Callable[[Scan], Grid], device="cpu") -> Prepa
 
     Voxels outside the body (table, air, clothing) are set to air before resampling.
     """
-    image, mask = scan.image, scan.mask
-    values = sitk.GetArrayFromImage(image)
-    values[~mask] = HU_RANGE[0]
-    cropped = sitk.GetImageFromArray(values)
-    cropped.CopyInformation(image)
     grid = grid_for(scan)
+    source = scan.source_for(grid)
+    mask = scan.mask if source is scan.preview else resample(scan.mask, Grid.from_image(source), labels=True,
+                                                                default=0)
+    cropped = sitk.Mask(source, mask, outsideValue=HU_RANGE[0])
     on_grid = sitk.GetArrayFromImage(resample(cropped, grid))
-    mask_on_grid = sitk.GetArrayFromImage(resample(mask_to_image(mask, image), grid, labels=True, default=0))
-    domain = Grid.from_image(image)
+    mask_on_grid = sitk.GetArrayFromImage(resample(scan.mask, grid, labels=True, default=0))
     # centroid from the resampled mask, so a scan stored in another orientation gives the same input
     centroid = grid.transform_indices(np.argwhere(mask_on_grid)[:, ::-1].mean(axis=0))
-    return Prepared(_as_tensor(normalize_intensity(on_grid), device), grid, centroid, domain)
+    return Prepared(_as_tensor(normalize_intensity(on_grid), device), grid, centroid, Grid.from_image(scan.image))
 
 
 def _as_tensor(array: np.ndarray, device) -> torch.Tensor:

@@ -22,7 +22,7 @@ import SimpleITK as sitk
 import torch
 
 from .fields import affine_field, resample_field, sample
-from .grid import Grid
+from .grid import Grid, matrix_apply
 from .itk_bridge import field_to_transform, image_to_field, transform_to_field
 
 SLAB_VOXELS = 4_000_000  # fields on large grids are filled in slabs of this many voxels (bounded memory)
@@ -96,7 +96,7 @@ class Transform:
     def apply(self, points: np.ndarray) -> np.ndarray:
         """``T`` at LPS points (..., 3), float64."""
         points = np.asarray(points, np.float64)
-        mapped = points @ self.affine[:3, :3].T + self.affine[:3, 3]
+        mapped = matrix_apply(self.affine, points)
         if self.residual is not None:
             flat = torch.as_tensor(points.reshape(1, -1, 3), dtype=torch.float64)
             r = sample(self.residual.cpu().double(), self.grid, flat, padding_mode="border")

@@ -77,8 +77,9 @@ def _reason(err: RuntimeError, caught: list[str]) -> str:
 def read_image(path: str | os.PathLike, labels: bool = False) -> sitk.Image:
     """Read a 3D scalar image (file or DICOM folder) and check it is usable.
 
-    CT images come back as float32 Hounsfield units, label maps (``labels=True``)
-    as integers. Raises :class:`InputError` for the problems of :func:`read_volume`,
+    CT images keep their integer pixel type (no full-size float copy of a clinical scan; outputs such as
+    the warped image keep it too); floating-point ones come back as float32. Label maps
+    (``labels=True``) come back as integers. Raises :class:`InputError` for the problems of :func:`read_volume`,
     images that hold NaN or (for CT) are constant, and label maps whose values are not whole
     numbers in 0..65535. Questionable CT images (8-bit, label-like, huge voxels) are warned about.
     """
@@ -87,14 +88,14 @@ def read_image(path: str | os.PathLike, labels: bool = False) -> sitk.Image:
     if labels:
         validation.check_label_values(sitk.GetArrayViewFromImage(image), path)
         return image if image.GetPixelID() in _INTEGER_TYPES else sitk.Cast(image, sitk.sitkUInt16)
-    stored = image
-    image = sitk.Cast(image, sitk.sitkFloat32)
+    if image.GetPixelID() not in _INTEGER_TYPES:
+        image = sitk.Cast(image, sitk.sitkFloat32)
     values = sitk.GetArrayViewFromImage(image)
     if not np.isfinite(values).all() or _nifti_has_non_finite(path):
         raise InputError(f"{path}: image contains NaN or infinite voxels")
     if values.min() == values.max():
         raise InputError(f"{path}: image is constant ({values.min():g} everywhere)")
-    validation.warn_questionable_ct(stored, path)
+    validation.warn_questionable_ct(image, path)
     return image
 
 

@@ -31,10 +31,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from ..io.images import check_same_grid, read_image
-from ..io.outputs import atomic_path
-from ..io.validation import check_input_path, read_text
 from ..registry import LABELS, STRUCTURES, TRAINING_STRUCTURES
+from .images import check_same_grid, read_image
+from .outputs import atomic_path
+from .validation import check_input_path, read_text
 
 _SPINE = ("S1", "L5", "L4", "L3", "L2", "L1", *(f"T{i}" for i in range(12, 0, -1)), *(f"C{i}" for i in range(7, 0, -1)))
 _LUNG_LOBES = ("lung_upper_lobe_left", "lung_lower_lobe_left", "lung_upper_lobe_right", "lung_middle_lobe_right",

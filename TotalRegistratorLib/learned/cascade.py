@@ -41,18 +41,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import __version__
 from ..core import preprocess
-from ..core.fields import compose
-from ..core.grid import Grid
+from ..core.fields import compose, sample_normalized
+from ..core.grid import Grid, matrix_apply
 from ..core.preprocess import Scan
 from ..core.transform import Transform
 from ..errors import InputError
-from ..learned.networks import DECODER_CHANNELS, ENCODER_CHANNELS, AffineNet, UNet
 from ..registry import BLOCK, BLOCKS
+from .networks import DECODER_CHANNELS, ENCODER_CHANNELS, AffineNet, UNet
 
 if TYPE_CHECKING:
     from ..optimization.instance import Result
@@ -115,11 +114,11 @@ class Mapping:
     def sampling_grid(self) -> torch.Tensor:
         """Normalised coordinates into the moving network grid (grid_sample), [1, K, J, I, 3]."""
         m = (_matrix(self.moving_grid.world_to_normalized, self.affine) @ self.affine).float()
-        return self.points() @ m[:3, :3].T + m[:3, 3]
+        return matrix_apply(m, self.points())
 
     def warp(self, image: torch.Tensor) -> torch.Tensor:
         """A [1, C, K, J, I] tensor on the moving network grid, trilinearly resampled onto the fixed one."""
-        return F.grid_sample(image, self.sampling_grid().to(image.dtype), align_corners=True)
+        return sample_normalized(image, self.sampling_grid())
 
     def transform(self) -> Transform:
         """This map as the library's :class:`Transform` (on the CPU): ``A x + A_lin d(x)``."""
@@ -131,7 +130,7 @@ class Mapping:
 
 def voxels_to_mm(displacement: torch.Tensor, grid: Grid) -> torch.Tensor:
     """A displacement [N, 3, K, J, I] in voxels of ``grid`` (components i, j, k) -> LPS mm."""
-    linear = torch.as_tensor(grid.direction_matrix @ np.diag(grid.spacing), dtype=displacement.dtype,
+    linear = torch.as_tensor(grid.linear, dtype=displacement.dtype,
                              device=displacement.device)
     return torch.einsum("ab,nb...->na...", linear, displacement)
 

@@ -37,7 +37,7 @@ from ..io.labels import PairRecord, read_structures
 from ..io.outputs import atomic_path
 from ..registry import LABELS, TRAINING_STRUCTURES
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: preprocessing on the binned preview
 
 
 def cache_key(image: Path, labels: Path, label_format: str, size: tuple[int, int, int] = NETWORK_SIZE) -> str:

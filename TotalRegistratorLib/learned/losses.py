@@ -30,8 +30,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 
+from ..core.fields import sample_normalized
 from ..core.grid import Grid
 from ..optimization.regularization import bending_energy
 from ..optimization.similarity import mutual_information
@@ -66,7 +66,7 @@ def present(fixed_masks: torch.Tensor, moving_masks: torch.Tensor) -> list[int]:
 
 
 def _sample(image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    return F.grid_sample(image.float(), grid.to(torch.float32), align_corners=True)
+    return sample_normalized(image.float(), grid)
 
 
 def backward(sampling_grid: torch.Tensor, displacement_mm: torch.Tensor | None, grid: Grid,

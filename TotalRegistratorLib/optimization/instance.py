@@ -20,8 +20,8 @@ from ..core.itk_bridge import export_grid
 from ..core.preprocess import Scan
 from ..core.transform import Transform
 from ..errors import InputError
-from ..optimization.optimizer import OptimizationSettings, Progress, optimize, resolve_device
 from ..registry import AIR_HU
+from .optimizer import OptimizationSettings, Progress, optimize, resolve_device
 
 
 def check_overlap(fixed: Scan, moving: Scan) -> None:
@@ -38,7 +38,7 @@ def working_spacing(fixed: Scan, settings: OptimizationSettings) -> float:
     (geometric mean) spacing, coarsened until the body box holds at most ``settings.max_voxels``.
     """
     spacing = max(settings.spacing, float(np.prod(fixed.image.GetSpacing()) ** (1 / 3)))
-    box = preprocess.body_grid(fixed.image, fixed.mask, spacing=spacing)
+    box = preprocess.body_grid(fixed.mask, spacing=spacing)
     extent = np.asarray(box.size) * spacing
     return max(spacing, float((np.prod(extent) / settings.max_voxels) ** (1 / 3)))
 
@@ -51,7 +51,7 @@ class Result:
     moving: sitk.Image
     transform: Transform  # fixed -> moving LPS points
     grid: Grid  # the fixed working grid (the residual's grid; reports are computed on it)
-    fixed_mask: np.ndarray  # body mask on the fixed image's grid, [K, J, I]
+    fixed_mask: sitk.Image  # the fixed body mask (on the fixed preview's grid)
     timings: dict[str, float] = field(default_factory=dict)
 
     def export_grid(self, spacing: float | None = None) -> Grid:
@@ -81,7 +81,7 @@ def optimize_pair(fixed: Scan, moving: Scan, settings: OptimizationSettings | No
     spacing = working_spacing(fixed, settings)
 
     def grid_for(scan: Scan) -> Grid:
-        return preprocess.body_grid(scan.image, scan.mask, spacing=spacing, margin=2 * spacing)
+        return preprocess.body_grid(scan.mask, spacing=spacing, margin=2 * spacing)
 
     prepared_fixed = preprocess.prepare(fixed, grid_for, device)
     prepared_moving = preprocess.prepare(moving, grid_for, device)

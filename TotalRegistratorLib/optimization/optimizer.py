@@ -32,8 +32,8 @@ from ..core.preprocess import Prepared
 from ..core.transform import Transform
 from ..errors import InputError
 from ..optimization import similarity
-from ..optimization.regularization import diffusion
 from ..registry import DEFAULT_AFFINE_ITERATIONS, DEFAULT_ITERATIONS, DEFAULT_SIMILARITY, SIMILARITIES, SIMILARITY_TABLE
+from .regularization import diffusion
 
 Progress = Callable[[str, int, int], None]
 """Called as ``progress(stage, done, total)`` while a stage runs."""

@@ -31,7 +31,7 @@ from ..core.transform import Transform
 from ..io.images import check_same_grid, write_image, write_transform
 from ..io.labels import PairRecord
 from ..registry import LABELS
-from ..simulation.phantom import Phantom, make_phantom, random_state, render, scan_grid, world_point_chunks
+from .phantom import Phantom, make_phantom, random_state, render, scan_grid, world_point_chunks
 
 KINDS = ("intra", "multiphase", "inter")
 MAX_FIELD_VOXELS = 8_000_000  # denser fixed grids get their ground truth on a 2 mm grid over the same box

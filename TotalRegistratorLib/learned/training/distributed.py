@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ...errors import InputError
+from ...optimization.optimizer import resolve_device
 
 
 @dataclass(frozen=True)
@@ -30,9 +30,7 @@ class Context:
 
 def start(device: str = "auto") -> Context:
     """Join the torchrun process group when launched by torchrun (WORLD_SIZE > 1); pick the device."""
-    cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
-    if cuda and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA GPU is available")
+    cuda = resolve_device(device).type == "cuda"
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))

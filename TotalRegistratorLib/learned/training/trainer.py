@@ -12,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 from ...core import runtime
+from ...core.metrics import mask_dice
 from ...learned.cascade import Cascade, Mapping, apply_block, block_config, build_network, save_block, voxels_to_mm
 from ...learned.dataset import PairDataset, network_grids
 from ...learned.losses import backward
@@ -91,12 +92,7 @@ class Trainer:
         mapping, _ = apply_block(self.s.block, self.network, mapping, batch["fixed"], batch["moving"])
         warped = mapping.warp(batch["moving_masks"].float()) > 0.5
         fixed = batch["fixed_masks"] > 0
-        scores = []
-        for c in range(fixed.shape[1]):
-            total = int(fixed[:, c].sum() + warped[:, c].sum())
-            if fixed[:, c].any():
-                scores.append(2.0 * float((fixed[:, c] & warped[:, c]).sum()) / total)
-        return scores
+        return [mask_dice(fixed[:, c], warped[:, c]) for c in range(fixed.shape[1]) if fixed[:, c].any()]
 
     def resume(self) -> bool:
         """Continue from ``<block>.last.pt`` if present; False when starting fresh."""

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from ...core.grid import Grid
+from ...core.grid import Grid, matrix_apply
 from .anatomy import Phantom
 
 
@@ -20,7 +20,6 @@ def world_point_chunks(grid: Grid, chunk: int = 1 << 18) -> Iterator[tuple[int, 
     """The grid's voxel centres in whole slices of about ``chunk`` points: (start, stop, LPS points [P, 3] float64),
     with start/stop indexing the flattened [K, J, I] array."""
     k_size, j_size, i_size = grid.shape
-    m = torch.as_tensor(grid.index_to_world, dtype=torch.float64)
     j, i = torch.meshgrid(torch.arange(j_size, dtype=torch.float64), torch.arange(i_size, dtype=torch.float64),
                           indexing="ij")
     plane = torch.stack([i.ravel(), j.ravel()], -1)
@@ -28,7 +27,7 @@ def world_point_chunks(grid: Grid, chunk: int = 1 << 18) -> Iterator[tuple[int, 
     for k0 in range(0, k_size, slices):
         k = torch.arange(k0, min(k0 + slices, k_size), dtype=torch.float64)
         idx = torch.cat([plane.repeat(len(k), 1), k.repeat_interleave(plane.shape[0])[:, None]], 1)
-        yield k0 * plane.shape[0], (k0 + len(k)) * plane.shape[0], idx @ m[:3, :3].T + m[:3, 3]
+        yield k0 * plane.shape[0], (k0 + len(k)) * plane.shape[0], matrix_apply(grid.index_to_world, idx)
 
 
 SLICE_THICKNESSES = (0.8, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 5.0)
