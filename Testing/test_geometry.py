@@ -199,3 +199,20 @@ def test_inside_uses_half_voxel_margin(oblique_grid):
     pts = torch.as_tensor(oblique_grid.transform_indices(idx))
     assert fields.inside(pts, oblique_grid).tolist() == [True, False, True, False, True]
     assert fields.inside(pts, oblique_grid, margin=0.0).tolist() == [False, False, False, False, True]
+
+
+def test_grid_round_trips_through_its_matrix_and_compares_with_a_tolerance():
+    grid = Grid((7, 5, 9), (1.5, 2.0, 3.5), (10.0, -4.0, 2.5), tuple((rotation("z", 30) @ rotation("x", 12)).ravel()))
+    back = Grid.from_index_to_world(grid.index_to_world, grid.size)
+    np.testing.assert_allclose(back.index_to_world, grid.index_to_world, atol=1e-12)
+    assert grid.same_as(back)
+    nudged = Grid(grid.size, grid.spacing, tuple(np.add(grid.origin, (0.0, 0.0, 0.01))), grid.direction)
+    assert not grid.same_as(nudged) and grid.same_as(nudged, atol=0.02)
+    assert not grid.same_as(Grid((7, 5, 8), grid.spacing, grid.origin, grid.direction))
+
+
+def test_spacing_for_a_voxel_budget():
+    assert Grid.spacing_for(np.zeros(3), np.array([100.0, 100.0, 100.0]), 2.0, 10**9) == 2.0  # fits: the finest
+    spacing = Grid.spacing_for(np.zeros(3), np.array([400.0, 300.0, 500.0]), 2.0, 1_000_000)
+    assert spacing == pytest.approx((400 * 300 * 500 / 1e6) ** (1 / 3))
+    assert Grid.covering(np.zeros(3), np.array([400.0, 300.0, 500.0]), spacing=spacing).num_voxels < 1.1e6

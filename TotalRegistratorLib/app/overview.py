@@ -25,8 +25,7 @@ def display_grid(image: sitk.Image, max_voxels: int = 4_000_000) -> Grid:
     """An isotropic LPS-aligned grid over ``image``'s box at its finest spacing (coarsened to fit)."""
     corners = Grid.from_image(image).corners()
     lower, upper = corners.min(0), corners.max(0)
-    spacing = max(min(image.GetSpacing()), float((np.prod(upper - lower) / max_voxels) ** (1 / 3)))
-    return Grid.covering(lower, upper, spacing=spacing)
+    return Grid.covering(lower, upper, spacing=Grid.spacing_for(lower, upper, min(image.GetSpacing()), max_voxels))
 
 
 def _views(array: np.ndarray) -> list[np.ndarray]:

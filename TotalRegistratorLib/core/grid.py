@@ -53,6 +53,13 @@ class Grid:
         return cls(image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
 
     @classmethod
+    def from_index_to_world(cls, matrix: np.ndarray, size) -> Grid:
+        """The grid of a 4 x 4 index -> LPS matrix (as :attr:`index_to_world` gives) and a size (i, j, k)."""
+        matrix = np.asarray(matrix, float).reshape(4, 4)
+        spacing = np.linalg.norm(matrix[:3, :3], axis=0)
+        return cls(tuple(size), tuple(spacing), tuple(matrix[:3, 3]), tuple((matrix[:3, :3] / spacing).ravel()))
+
+    @classmethod
     def covering(cls, lower: np.ndarray, upper: np.ndarray, size=None, spacing=None) -> Grid:
         """An LPS-aligned grid over the box from ``lower`` to ``upper`` (LPS mm).
 
@@ -73,6 +80,17 @@ class Grid:
         centre = (lower + upper) / 2
         origin = centre - (size - 1) * spacing / 2
         return cls(tuple(size), tuple(spacing), tuple(origin))
+
+    @staticmethod
+    def spacing_for(lower: np.ndarray, upper: np.ndarray, finest: float, max_voxels: int) -> float:
+        """The isotropic spacing (mm), ``finest`` or coarser, at which the box from ``lower`` to ``upper``
+        (LPS mm) holds at most about ``max_voxels`` voxels."""
+        extent = np.maximum(np.asarray(upper, float) - np.asarray(lower, float), 1e-3)
+        return max(float(finest), float((np.prod(extent) / max_voxels) ** (1 / 3)))
+
+    def same_as(self, other: Grid, atol: float = 1e-3) -> bool:
+        """Whether ``other`` has this size and its corner voxel centres lie within ``atol`` mm of this grid's."""
+        return self.size == other.size and bool(np.allclose(self.corners(), other.corners(), rtol=0, atol=atol))
 
     # --- matrices -----------------------------------------------------------
     @property

@@ -69,10 +69,7 @@ def preprocess_scan(image: Path, labels: Path, label_format: str = "structures",
 def network_grids(item: dict[str, torch.Tensor]) -> tuple[Grid, Grid]:
     """The (fixed, moving) network grids of an item, or of a batch of one item."""
     def grid(side: str) -> Grid:
-        matrix = item[f"{side}_index_to_world"].reshape(4, 4).double().numpy()
-        spacing = np.linalg.norm(matrix[:3, :3], axis=0)
-        return Grid(tuple(item[side].shape[-1:-4:-1]), tuple(spacing), tuple(matrix[:3, 3]),
-                    tuple((matrix[:3, :3] / spacing).ravel()))
+        return Grid.from_index_to_world(item[f"{side}_index_to_world"].double().numpy(), item[side].shape[-1:-4:-1])
 
     return grid("fixed"), grid("moving")
 

@@ -39,8 +39,7 @@ def working_spacing(fixed: Scan, settings: OptimizationSettings) -> float:
     """
     spacing = max(settings.spacing, float(np.prod(fixed.image.GetSpacing()) ** (1 / 3)))
     box = preprocess.body_grid(fixed.mask, spacing=spacing)
-    extent = np.asarray(box.size) * spacing
-    return max(spacing, float((np.prod(extent) / settings.max_voxels) ** (1 / 3)))
+    return Grid.spacing_for(np.zeros(3), np.asarray(box.size) * spacing, spacing, settings.max_voxels)
 
 
 @dataclass
