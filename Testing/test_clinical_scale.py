@@ -107,11 +107,15 @@ def test_the_compact_transform_reproduces_the_library_warp(oblique_result):
     # SimpleITK's warp through the file equals the library's own on the full-resolution fixed grid
     itk = sitk.GetArrayFromImage(sitk.Resample(moving, fixed, exported, sitk.sitkLinear, -1000.0, sitk.sitkFloat32))
     fixed_grid = Grid.from_image(fixed)
-    tensor = torch.as_tensor(sitk.GetArrayFromImage(moving), dtype=torch.float32)[None, None] + 1000.0
-    library = fields.warp(tensor, Grid.from_image(moving), result.transform.field_on(fixed_grid), fixed_grid)
-    library = library[0, 0].numpy() - 1000.0
+    tensor = torch.as_tensor(sitk.GetArrayFromImage(moving), dtype=torch.float32)[None, None]
+    field = result.transform.field_on(fixed_grid)
+    library = fields.warp(tensor, Grid.from_image(moving), field, fixed_grid)[0, 0].numpy()
+    # where the mapped points lie between the moving grid's edge voxel centres (ITK and torch extrapolate
+    # differently in the outer half voxel)
+    interior = fields.inside(fields.mapped_points(field, fixed_grid), Grid.from_image(moving), margin=0.0)[0].numpy()
+    assert interior.mean() > 0.5
     value_range = float(sitk.GetArrayViewFromImage(moving).max() - sitk.GetArrayViewFromImage(moving).min())
-    assert np.abs(itk - library).max() <= 1e-3 * value_range
+    assert np.abs(itk - library)[interior].max() <= 1e-3 * value_range
     # TransformPoint agrees with the library's map to 0.01 mm, also between voxel centres
     points = fixed_grid.transform_indices(np.random.default_rng(0).uniform(0, np.array(fixed_grid.size) - 1,
                                                                              (200, 3)))

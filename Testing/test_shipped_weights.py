@@ -65,6 +65,7 @@ def test_register_runs_the_shipped_cascade_then_refines(tmp_path):
     assert refined["blocks"] == list(BLOCKS) and refined["refine"] is True and cascade["refine"] is False
     assert {"cascade", "refine_affine", "refine_deformable"} <= set(refined["timings_s"])
     assert "refine_deformable" not in cascade["timings_s"]
-    # the refinement starts from the cascade's map and improves on it
-    assert cascade["dice"]["mean_after"] > cascade["dice"]["mean_before"] + 0.05
+    # the refinement starts from the cascade's map and improves on it (the shipped cascade alone is no better
+    # than no registration on multiphase pairs: Resources/MODEL_CARD.md)
     assert refined["dice"]["mean_after"] > cascade["dice"]["mean_after"] + 0.02
+    assert refined["dice"]["mean_after"] > refined["dice"]["mean_before"] + 0.05
