@@ -11,11 +11,12 @@ import SimpleITK as sitk
 from conftest import torso
 
 from TotalRegistratorLib.core.grid import Grid
+from TotalRegistratorLib.registry import ERROR_PREFIX
 
 GRID = Grid((40, 30, 32), (5.0, 5.0, 5.0), (-100.0, -75.0, -80.0))
 FAST = ["--iterations", "5,2", "--affine-iterations", "5,2", "--spacing", "8", "--blocks", "none", "--quiet",
         "--threads", "1"]
-PREFIX = "totalregistrator: error: "
+PREFIX = ERROR_PREFIX
 
 
 def write(image: sitk.Image, path: Path) -> Path:

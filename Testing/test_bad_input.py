@@ -19,6 +19,7 @@ from TotalRegistratorLib.errors import InputError, InputWarning
 from TotalRegistratorLib.io import images
 from TotalRegistratorLib.io.landmarks import read_landmarks
 from TotalRegistratorLib.learned.cascade import block_config, build_network
+from TotalRegistratorLib.registry import WARNING_PREFIX
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +118,7 @@ def test_library_warnings_go_to_logging_not_stderr(capfd, caplog):
 
     from TotalRegistratorLib.io.messages import route_messages
 
-    route_messages("totalregistrator: warning: ")
+    route_messages(WARNING_PREFIX)
     with caplog.at_level(logging.DEBUG, logger="TotalRegistratorLib"):
         warnings.warn("torch or matplotlib chatter", UserWarning, stacklevel=1)
         nibabel.imageglobals.logger.warning("nibabel header chatter")
@@ -384,9 +385,9 @@ def test_questionable_input_warning_reaches_stderr_and_report(pair, tmp_path):
     result = run_cli(["register", pair["fixed"], moving, "-o", tmp_path / "out", *FAST])
     assert result.returncode == 0, result.stderr[-2000:]
     warnings = result.stderr.strip().splitlines()
-    assert len(warnings) == 1 and warnings[0].startswith("totalregistrator: warning: ") and "8-bit" in warnings[0]
+    assert len(warnings) == 1 and warnings[0].startswith(WARNING_PREFIX) and "8-bit" in warnings[0]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["warnings"] == [warnings[0].removeprefix("totalregistrator: warning: ")]
+    assert report["warnings"] == [warnings[0].removeprefix(WARNING_PREFIX)]
 
 
 def test_zero_voxel_size_in_a_nifti_header_is_refused(tmp_path):

@@ -15,6 +15,7 @@ from conftest import rotation, torso
 
 from TotalRegistratorLib.app.cli import main
 from TotalRegistratorLib.core.grid import Grid
+from TotalRegistratorLib.registry import WARNING_PREFIX
 
 DRAWS = 24
 SEED = 13
@@ -102,7 +103,7 @@ def test_random_headers_are_refused_clearly_or_registered_consistently(tmp_path,
             assert not out.exists(), context
         else:
             assert code == 0, context
-            assert all(line.startswith("totalregistrator: warning: ") for line in err), context
+            assert all(line.startswith(WARNING_PREFIX) for line in err), context
             check_outputs_agree(out, fixed, pair["moving"])
             assert len(json.loads((out / "report.json").read_text())["warnings"]) == len(err), context
         outcomes.append(code)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 PROGRAM = "totalregistrator"
 ERROR_PREFIX = f"{PROGRAM}: error: "  # every refused input: one stderr line with this prefix, exit code 2
+WARNING_PREFIX = f"{PROGRAM}: warning: "  # a questionable input that was still used: one stderr line each
 AIR_HU = -1000.0  # CT air; the value outside a resampled image's field of view
 
 # --- structures -------------------------------------------------------------------------------------------
@@ -98,7 +99,8 @@ DEFAULT_ITERATIONS: tuple[int, int] = (100, 30)  # deformable, coarse and fine l
 DEFAULT_AFFINE_ITERATIONS: tuple[int, int] = (80, 40)
 DEFAULT_SIMILARITY = "ncc"
 DEVICES = ("auto", "cpu", "cuda")
-WARNING_PREFIX = f"{PROGRAM}: warning: "  # a questionable input that was still used: one stderr line
+
+# --- bounds of the numeric options ----------------------------------------------------------------------------
 MAX_ITERATIONS = 10_000  # per level, for --iterations and --affine-iterations
 SPACING_RANGE_MM = (0.1, 50.0)  # --spacing and --export-spacing
 PHANTOM_SPACING_RANGE_MM = (0.5, 16.0)  # phantom --spacing and train.py --phantom-spacing
