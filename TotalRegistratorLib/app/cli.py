@@ -13,9 +13,6 @@ import sys
 
 from tqdm import tqdm
 
-from ..app.arguments import non_negative, path, threads, within
-from ..app.phantom_command import add_phantom_command
-from ..app.running import run_guarded
 from ..core import runtime
 from ..errors import InputError
 from ..optimization.optimizer import OptimizationSettings
@@ -29,6 +26,9 @@ from ..registry import (
     SIMILARITIES,
     SPACING_RANGE_MM,
 )
+from .arguments import non_negative, path, threads, within
+from .phantom_command import add_phantom_command
+from .running import run_guarded
 
 
 class ProgressBars:

@@ -22,11 +22,11 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from ..app.arguments import non_negative, path, positive
 from ..io.labels import write_pairs_csv
 from ..io.outputs import OutputFolder
 from ..registry import PHANTOM_SPACING_RANGE_MM
 from ..simulation.pairs import KINDS, Pair, make_pair, pair_seed
+from .arguments import non_negative, path, positive
 
 GALLERY_ROWS = 12
 MAX_PAIRS = 100_000

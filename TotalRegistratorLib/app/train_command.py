@@ -14,8 +14,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..app.arguments import non_negative, path, positive, threads, within
-from ..app.running import run_guarded
 from ..core import runtime
 from ..core.preprocess import NETWORK_SIZE
 from ..errors import InputError
@@ -26,6 +24,8 @@ from ..learned.dataset import PairDataset
 from ..learned.losses import LossWeights
 from ..learned.training import Context, Trainer, TrainSettings, barrier, phantom_pairs, split_validation, start
 from ..registry import BLOCK, BLOCKS, PHANTOM_SPACING_RANGE_MM
+from .arguments import non_negative, path, positive, threads, within
+from .running import run_guarded
 
 
 def _size(text: str) -> tuple[int, int, int]:

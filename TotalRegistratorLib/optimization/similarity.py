@@ -18,7 +18,29 @@ import torch.nn.functional as F
 
 
 def box_sum(x: torch.Tensor, radius: int) -> torch.Tensor:
-    """Sum over a (2r+1)^3 box around every voxel (zero padding), by cumulative sums: O(1) per voxel."""
+    """Sum over a (2r+1)^3 box around every voxel (zero padding), by cumulative sums: O(1) per voxel.
+
+    Differentiable; the gradient is the box sum of the incoming gradient (see :class:`_BoxSum`).
+    """
+    return _BoxSum.apply(x, radius)
+
+
+class _BoxSum(torch.autograd.Function):
+    """The box sum with zero padding is its own adjoint (a symmetric window), so its backward pass is one
+    more box sum: autograd through the cumulative sums would flip the 5-D gradient six times per call,
+    which took a fifth of the fine level's time on the CPU."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, radius: int) -> torch.Tensor:
+        ctx.radius = radius
+        return _box_sum(x, radius)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return _box_sum(grad, ctx.radius), None
+
+
+def _box_sum(x: torch.Tensor, radius: int) -> torch.Tensor:
     size = 2 * radius + 1
     for dim in (2, 3, 4):
         pad = [0] * (2 * (4 - dim)) + [radius + 1, radius]
