@@ -139,7 +139,6 @@ def _run(job: RegisterJob, progress: Progress | None, warned: list[str]) -> dict
             images.write_image(subtraction(fixed.image, resample_moving(moving.image, fixed.image)),
                                out / "subtraction_before.nii.gz")
             images.write_image(subtraction(fixed.image, warped), out / "subtraction_after.nii.gz")
-        del warped
         if "labels" in chosen:
             images.write_image(warped_labels, out / "warped_labels.nii.gz")
         if "overview" in chosen:

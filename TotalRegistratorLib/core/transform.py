@@ -143,8 +143,6 @@ class Transform:
 
 def _linear_matrix(transform: sitk.Transform) -> np.ndarray | None:
     """The 4 x 4 matrix of a linear ITK transform (identity, translation, rigid, affine, ...), else None."""
-    if transform.GetName() in ("IdentityTransform", "Transform") and not transform.GetParameters():
-        return np.eye(4)
     if not transform.IsLinear():
         return None
     # a linear transform is determined by where it maps the origin and the unit points
