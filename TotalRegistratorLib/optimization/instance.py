@@ -49,16 +49,18 @@ class Result:
     fixed: sitk.Image
     moving: sitk.Image
     transform: Transform  # fixed -> moving LPS points
-    grid: Grid  # the fixed working grid (the residual's grid; reports are computed on it)
+    grid: Grid  # the fixed working grid (reports are computed on it)
     fixed_mask: sitk.Image  # the fixed body mask (on the fixed preview's grid)
     timings: dict[str, float] = field(default_factory=dict)
 
     def export_grid(self, spacing: float | None = None) -> Grid:
-        """The grid of the exported field: by default the working grid's lattice over the fixed image's
-        box (same spacing and voxel positions, so ITK's linear interpolation reproduces :attr:`transform`
+        """The grid of the exported field: by default the residual's lattice over the fixed image's box
+        (same spacing and voxel positions, so ITK's linear interpolation reproduces :attr:`transform`
         exactly); with ``spacing``, the fixed image's box at ``spacing`` mm."""
         fixed = Grid.from_image(self.fixed)
-        return self.grid.aligned_cover(fixed.corners()) if spacing is None else export_grid(fixed, spacing)
+        if spacing is not None:
+            return export_grid(fixed, spacing)
+        return (self.transform.grid or self.grid).aligned_cover(fixed.corners())
 
     def to_sitk(self, spacing: float | None = None) -> sitk.Transform:
         """The ITK transform: affine when the map is linear, else a displacement field on :meth:`export_grid`."""

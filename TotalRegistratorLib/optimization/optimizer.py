@@ -261,7 +261,8 @@ def _affine_stage(levels: dict[int, Level], fixed: Prepared, moving: Prepared, s
 
 def _deformable_stage(levels: dict[int, Level], fixed: Prepared, moving: Prepared, settings: OptimizationSettings,
                       sim: Similarity, progress: Progress, base: Transform) -> Transform:
-    """A smooth residual field on top of ``base``, coarse to fine; ``base`` plus it on ``fixed.grid``."""
+    """A smooth residual field on top of ``base``, coarse to fine: ``base`` plus it, on the finest parameter
+    grid when ``base`` is linear, else on ``fixed.grid``."""
     device = fixed.tensor.device
     residual, residual_grid = None, fixed.grid
     total, done = sum(settings.deformable_iterations), 0
@@ -291,6 +292,8 @@ def _deformable_stage(levels: dict[int, Level], fixed: Prepared, moving: Prepare
         residual = smooth_field(residual.detach())
     if residual is None:
         return base
+    if base.is_linear:  # the residual is trilinear on its own coarse grid: keep it there (exact, 8x smaller)
+        return base.plus(residual, residual_grid)
     return base.plus(fields.resample_field(residual, residual_grid, fixed.grid), fixed.grid)
 
 
