@@ -40,8 +40,8 @@ test: $(STAMP) $(SLICER_STAMP)
 	$(SLICER_VENV)/bin/python -m pytest -q Testing/slicer_logic
 	Testing/check_wheel.sh $(BIN)/python
 
-# Elastix and ANTs run in their own environments (antspyx pins an older numpy and scipy).
-baselines: .venv-elastix/.installed .venv-ants/.installed
+# Elastix, ANTs and ConvexAdam run in their own environments (antspyx pins an older numpy and scipy).
+baselines: .venv-elastix/.installed .venv-ants/.installed .venv-convexadam/.installed
 
 .venv-elastix/.installed:
 	$(PYTHON) -m venv .venv-elastix
@@ -51,6 +51,13 @@ baselines: .venv-elastix/.installed .venv-ants/.installed
 .venv-ants/.installed:
 	$(PYTHON) -m venv .venv-ants
 	.venv-ants/bin/pip install --quiet --disable-pip-version-check antspyx==0.6.3
+	touch $@
+
+# torch pinned exactly (the CPU wheel; a looser spec pulls the CUDA build), the rest as the main environment
+.venv-convexadam/.installed: constraints.txt
+	$(PYTHON) -m venv .venv-convexadam
+	.venv-convexadam/bin/pip install --quiet --disable-pip-version-check -c constraints.txt convexadam==0.2.0 \
+		torch==2.13.0 simpleitk
 	touch $@
 
 benchmark: $(STAMP) baselines

@@ -36,7 +36,8 @@ from TotalRegistratorLib.simulation.pairs import deform_scan  # noqa: E402
 
 SOURCE = REPO.parent / "shared" / "data" / "totalsegmentator" / "example_ct.nii.gz"
 OUT = REPO / "benchmarks" / "results" / "clinical"
-BASELINES = {"ants": (".venv-ants", "ants_syn.py"), "elastix": (".venv-elastix", "elastix_bspline.py")}
+BASELINES = {"ants": (".venv-ants", "ants_syn.py"), "elastix": (".venv-elastix", "elastix_bspline.py"),
+             "convexadam": (".venv-convexadam", "convexadam_run.py")}
 
 
 def _onto(image: sitk.Image, spacing, degrees: float = 0.0) -> sitk.Image:

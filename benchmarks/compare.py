@@ -116,10 +116,11 @@ METHODS: dict[str, Method] = {m.key: m for m in (
     *(_cascade(f"affine+{b}", f"Affine + {b} block", ("affine", b)) for b in BLOCKS[1:]),
     Method("elastix", "Elastix", ".venv-elastix", "elastix_bspline.py"),
     Method("ants", "ANTs SyN", ".venv-ants", "ants_syn.py"),
+    Method("convexadam", "ConvexAdam", ".venv-convexadam", "convexadam_run.py"),
 )}
 
 
-CORE_METHODS = ("unregistered", "io", "cascade", "cascade+io", "elastix", "ants")
+CORE_METHODS = ("unregistered", "io", "cascade", "cascade+io", "elastix", "ants", "convexadam")
 ABLATION = ("unregistered", "affine", *(f"affine+{b}" for b in BLOCKS[1:]), "cascade", "cascade+io", "io")
 
 
