@@ -9,6 +9,7 @@ import torch
 
 from ..core.preprocess import Scan
 from ..errors import InputError
+from ..io import messages
 from ..learned.cascade import Cascade, run_cascade
 from ..optimization.instance import Result, optimize_pair
 from ..optimization.optimizer import OptimizationSettings, Progress, resolve_device
@@ -38,6 +39,9 @@ def register(fixed: Scan, moving: Scan, settings: OptimizationSettings, cascade:
     if refine or result is None:
         result = optimize_pair(fixed, moving, settings, progress, None if result is None else result.transform)
         _check_finite(result, "instance optimisation")
+        if result.kept != "deformable":
+            messages.warn(f"the deformable stage scored worse than the {result.kept} stage's map where both see the "
+                          f"moving image; the {result.kept} map was kept")
         timings.update({("refine_" if cascade else "") + key: value for key, value in result.timings.items()})
     return result, timings
 

@@ -166,7 +166,7 @@ def _report(job: RegisterJob, result: Result, fixed: Scan, moving: Scan, transfo
         "export_grid": None if result.transform.is_linear else _grid_summary(result.export_grid(job.export_spacing)),
         "device": str(resolve_device(job.settings.device)), "threads": torch.get_num_threads(),
         "versions": versions(), "working_grid": _grid_summary(result.grid),
-        "affine_matrix": affine.tolist(),
+        "affine_matrix": affine.tolist(), "kept_stage": result.kept,
         "similarity_local_ncc": image_similarity(fixed, moving, transform, result.grid),
         "field_in_body": field_summary(result.transform.field_on(result.grid), result.grid, body_on_grid),
     }

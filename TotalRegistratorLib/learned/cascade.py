@@ -314,4 +314,4 @@ def run_cascade(fixed: Scan, moving: Scan, cascade: Cascade, device: torch.devic
     with torch.no_grad():
         mapping = cascade(f.tensor, m.tensor, Mapping.box(f.grid, m.grid, device), progress=progress)
     timings["cascade"] = time.perf_counter() - clock
-    return Result(fixed.image, moving.image, mapping.transform(), f.grid, fixed.mask, timings)
+    return Result(fixed.image, moving.image, mapping.transform(), f.grid, fixed.mask, timings, "cascade")

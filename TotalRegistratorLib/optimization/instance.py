@@ -52,6 +52,7 @@ class Result:
     grid: Grid  # the fixed working grid (reports are computed on it)
     fixed_mask: sitk.Image  # the fixed body mask (on the fixed preview's grid)
     timings: dict[str, float] = field(default_factory=dict)
+    kept: str = "deformable"  # the stage whose map was kept (the optimiser's guard; ``cascade`` for the cascade)
 
     def export_grid(self, spacing: float | None = None) -> Grid:
         """The grid of the exported field: by default the residual's lattice over the fixed image's box
@@ -81,15 +82,20 @@ def optimize_pair(fixed: Scan, moving: Scan, settings: OptimizationSettings | No
     clock = time.perf_counter()
     spacing = working_spacing(fixed, settings)
 
-    def grid_for(scan: Scan) -> Grid:
+    def body_box(scan: Scan) -> Grid:
         return preprocess.body_grid(scan.mask, spacing=spacing, margin=2 * spacing)
 
-    prepared_fixed = preprocess.prepare(fixed, grid_for, device)
-    prepared_moving = preprocess.prepare(moving, grid_for, device)
+    # the moving working grid shares the fixed one's lattice: where the map is a shift by whole voxels (the
+    # identity included) the warp samples moving voxels exactly instead of blurring them by interpolation
+    fixed_grid = body_box(fixed)
+    prepared_fixed = preprocess.prepare(fixed, lambda scan: fixed_grid, device)
+    prepared_moving = preprocess.prepare(moving, lambda scan: fixed_grid.aligned_cover(body_box(scan).corners()),
+                                         device)
     timings = {"preprocess": time.perf_counter() - clock}
-    transform, stage_times = optimize(prepared_fixed, prepared_moving, settings, progress, start)
-    timings.update(stage_times)
-    return Result(fixed.image, moving.image, transform.to("cpu"), prepared_fixed.grid, fixed.mask, timings)
+    outcome = optimize(prepared_fixed, prepared_moving, settings, progress, start)
+    timings.update(outcome.timings)
+    return Result(fixed.image, moving.image, outcome.transform.to("cpu"), prepared_fixed.grid, fixed.mask, timings,
+                  outcome.kept)
 
 
 def resample_moving(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transform | None = None,

@@ -3,10 +3,14 @@
 Stages, all on LPS-aligned working grids around the bodies (see
 :mod:`TotalRegistratorLib.core.preprocess`):
 
-1. Body-centroid translation.
+1. A starting translation (:mod:`.alignment`): the best scoring at the coarsest level
+   of the identity, the body-centroid translation and shifts along z that keep the
+   bodies overlapping (scans of different ranges: partial overlap).
 2. Affine (12 parameters) about the fixed body centroid, coarse to fine.
 3. A dense displacement field in mm on the fixed working grid, coarse to fine,
    loss = similarity + ``smoothness`` * diffusion, optimised with Adam.
+4. A guard: the result is kept only when it scores at least as well as the affine
+   stage's map and the start on their common overlap; otherwise the best of those.
 
 Only fixed voxels inside the fixed image's field of view whose mapped point lies
 inside the moving image's field of view count in the similarity, and only where
@@ -33,6 +37,7 @@ from ..core.transform import Transform
 from ..errors import InputError
 from ..optimization import similarity
 from ..registry import DEFAULT_AFFINE_ITERATIONS, DEFAULT_ITERATIONS, DEFAULT_SIMILARITY, SIMILARITIES, SIMILARITY_TABLE
+from . import alignment
 from .regularization import diffusion
 
 Progress = Callable[[str, int, int], None]
@@ -185,21 +190,30 @@ def _affine_matrix(linear: torch.Tensor, shift: torch.Tensor, centre: np.ndarray
     return torch.as_tensor(start, dtype=dtype) @ m
 
 
-def _step(level: Level, points: torch.Tensor, domain: Grid, sim: Similarity) -> torch.Tensor:
+def _step(level: Level, points: torch.Tensor, domain: Grid, sim: Similarity,
+          within: torch.Tensor | None = None) -> torch.Tensor:
+    """The similarity loss of the moving features at ``points`` (fixed voxel -> moving LPS mm), over fixed
+    voxels whose window lies inside both fields of view (and inside ``within`` [1, K, J, I] bool if given)."""
     warped = fields.sample(level.moving, level.moving_grid, points)
-    valid = level.fixed_valid & erode(fields.inside(points, domain, margin=FOV_TOLERANCE), sim.reach)
-    valid = valid[:, None].to(points.dtype)
-    return sim.loss(level, warped, valid)
+    valid = level.fixed_valid & _in_moving(points, domain, sim)
+    if within is not None:
+        valid = valid & within
+    return sim.loss(level, warped, valid[:, None].to(points.dtype))
+
+
+def _in_moving(points: torch.Tensor, domain: Grid, sim: Similarity) -> torch.Tensor:
+    return erode(fields.inside(points, domain, margin=FOV_TOLERANCE), sim.reach)
 
 
 def optimize(fixed: Prepared, moving: Prepared, settings: OptimizationSettings | None = None,
-             progress: Progress | None = None, start: Transform | None = None) -> tuple[Transform, dict[str, float]]:
+             progress: Progress | None = None, start: Transform | None = None) -> Outcome:
     """Register ``moving`` to ``fixed`` (prepared on working grids of the same device).
 
     ``start`` is a map to refine (e.g. the cascade's): it replaces the centroid
     initialisation, and the affine stage then corrects it globally in moving space
-    (``x -> C(start(x))``) before the deformable stage. Returns the map (its residual
-    on ``fixed.grid``) and seconds per stage.
+    (``x -> C(start(x))``) before the deformable stage. Returns the map (its residual on
+    the finest parameter grid, or on ``fixed.grid`` when ``start`` has a residual), seconds per
+    stage and which stage's map the guard kept.
     """
     settings = settings or OptimizationSettings()
     progress = progress or (lambda stage, done, total: None)
@@ -215,7 +229,13 @@ def optimize(fixed: Prepared, moving: Prepared, settings: OptimizationSettings |
 
     clock = time.perf_counter()
     if start is None:
-        base = Transform(_affine_stage(levels, fixed, moving, settings, sim, progress))
+        coarsest = levels[max(settings.affine_levels, default=min(levels))]
+        initial = alignment.initial_translation(
+            fixed.grid, moving.grid, fixed.centroid, moving.centroid, coarsest.grid.spacing[2],
+            lambda matrix: float(_step(coarsest, matrix_apply(matrix, coarsest.grid.world_points()), moving.domain,
+                                       sim)))
+        start = Transform(initial)
+        base = Transform(_affine_stage(levels, fixed, moving, settings, sim, progress, initial=initial))
     else:
         start = start.to(fixed.tensor.device)
         base = start.then(_affine_stage(levels, fixed, moving, settings, sim, progress, start))
@@ -224,21 +244,46 @@ def optimize(fixed: Prepared, moving: Prepared, settings: OptimizationSettings |
     clock = time.perf_counter()
     transform = _deformable_stage(levels, fixed, moving, settings, sim, progress, base)
     timings["deformable"] = time.perf_counter() - clock
-    return transform, timings
+    finest = levels[min(settings.deformable_levels or settings.affine_levels)]
+    kept = _guard(finest, moving.domain, sim, {"deformable": transform, "affine": base, "start": start})
+    return Outcome(({"deformable": transform, "affine": base, "start": start})[kept], timings, kept)
+
+
+@dataclass
+class Outcome:
+    """What :func:`optimize` found: the map, seconds per stage, and which stage's map the guard kept
+    (``deformable`` normally; ``affine`` or ``start`` when the later stages scored worse)."""
+
+    transform: Transform
+    timings: dict[str, float]
+    kept: str
+
+
+def _guard(level: Level, domain: Grid, sim: Similarity, maps: dict[str, Transform]) -> str:
+    """The name of the first of ``maps`` (latest stage first) that no other map beats on their common
+    overlap: each later map must score at least as well as each earlier one where both see moving data."""
+    names = list(maps)
+    with torch.no_grad():
+        points = {name: maps[name].points(level.grid, level.fixed.device) for name in names}
+        seen = {name: _in_moving(points[name], domain, sim) for name in names}
+        for i, name in enumerate(names):
+            def loss(other: str, common: torch.Tensor) -> float:
+                return float(_step(level, points[other], domain, sim, common))
+            if all(loss(name, seen[name] & seen[o]) <= loss(o, seen[name] & seen[o]) + 1e-6
+                   for o in names[i + 1:]):
+                return name
+    return names[-1]
 
 
 def _affine_stage(levels: dict[int, Level], fixed: Prepared, moving: Prepared, settings: OptimizationSettings,
-                  sim: Similarity, progress: Progress, start: Transform | None = None) -> np.ndarray:
-    """12 affine parameters, coarse to fine: the fixed->moving matrix, starting from the centroid
-    translation and turning about the fixed centroid; or, given ``start``, the moving->moving correction
-    of its mapped points, starting from the identity and turning about the moving centroid.
+                  sim: Similarity, progress: Progress, start: Transform | None = None,
+                  initial: np.ndarray | None = None) -> np.ndarray:
+    """12 affine parameters, coarse to fine: the fixed->moving matrix, starting from ``initial`` (4 x 4)
+    and turning about the fixed centroid; or, given ``start``, the moving->moving correction of its
+    mapped points, starting from the identity and turning about the moving centroid.
     """
-    initial = np.eye(4)
-    if start is None:
-        initial[:3, 3] = moving.centroid - fixed.centroid
-        centre = fixed.centroid
-    else:
-        centre = moving.centroid
+    initial = np.eye(4) if initial is None else initial
+    centre = fixed.centroid if start is None else moving.centroid
     linear = torch.zeros(3, 3, requires_grad=True)
     shift = torch.zeros(3, requires_grad=True)  # in dm: an Adam step of 0.01 moves about 1 mm
     optimizer = torch.optim.Adam([linear, shift], lr=settings.affine_learning_rate, eps=1e-5)
