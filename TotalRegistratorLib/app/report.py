@@ -39,15 +39,18 @@ def peak_memory_mb() -> float | None:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def image_similarity(fixed: Scan, moving: Scan, transform: sitk.Transform, grid: Grid) -> dict[str, float]:
+def image_similarity(fixed: Scan, moving: Scan, transform: sitk.Transform, grid: Grid,
+                     body: np.ndarray | None = None) -> dict[str, float]:
     """Local NCC (radius 2, in [0, 1], higher is better) of the fixed image with the moving image before
-    (identity) and after (``transform``) registration, evaluated on ``grid`` from the scans' previews."""
+    (identity) and after (``transform``) registration, evaluated on ``grid`` from the scans' previews,
+    averaged over ``body`` ([K, J, I] bool on ``grid``: the anatomy, not the noise of the air around it)."""
     def on_grid(scan: Scan, through: sitk.Transform | None = None) -> torch.Tensor:
         array = sitk.GetArrayFromImage(preprocess.resample(scan.preview, grid, transform=through))
         return preprocess.normalize_intensity(torch.as_tensor(array)[None, None].float())
 
     target = on_grid(fixed)
-    return {name: float(-similarity.local_ncc(target, on_grid(moving, through), radius=2))
+    mask = None if body is None else torch.as_tensor(body)[None, None].float()
+    return {name: float(-similarity.local_ncc(target, on_grid(moving, through), mask, radius=2))
             for name, through in (("before", None), ("after", transform))}
 
 
