@@ -82,15 +82,13 @@ def optimize_pair(fixed: Scan, moving: Scan, settings: OptimizationSettings | No
     clock = time.perf_counter()
     spacing = working_spacing(fixed, settings)
 
-    def body_box(scan: Scan) -> Grid:
+    # each scan on its own lattice: a shared one makes whole-voxel shifts (where interpolation does not blur)
+    # attractive, which measurably costs accuracy (validation intra pair: error 0.90 -> 1.17 mm)
+    def grid_for(scan: Scan) -> Grid:
         return preprocess.body_grid(scan.mask, spacing=spacing, margin=2 * spacing)
 
-    # the moving working grid shares the fixed one's lattice: where the map is a shift by whole voxels (the
-    # identity included) the warp samples moving voxels exactly instead of blurring them by interpolation
-    fixed_grid = body_box(fixed)
-    prepared_fixed = preprocess.prepare(fixed, lambda scan: fixed_grid, device)
-    prepared_moving = preprocess.prepare(moving, lambda scan: fixed_grid.aligned_cover(body_box(scan).corners()),
-                                         device)
+    prepared_fixed = preprocess.prepare(fixed, grid_for, device)
+    prepared_moving = preprocess.prepare(moving, grid_for, device)
     timings = {"preprocess": time.perf_counter() - clock}
     outcome = optimize(prepared_fixed, prepared_moving, settings, progress, start)
     timings.update(outcome.timings)
