@@ -76,3 +76,21 @@ def test_the_guard_keeps_the_affine_map_when_the_deformable_stage_makes_things_w
     # steps of 40 mm per iteration and no smoothness: the field scrambles the image
     wild = optimize_pair(*scans, OptimizationSettings(**fast, learning_rate=40.0, smoothness=0.0, field_factor=1))
     assert wild.kept in ("affine", "start") and wild.transform.is_linear
+
+
+def test_a_start_worse_than_the_searched_translation_is_set_aside():
+    """A given start (as the cascade's would be) 80 mm off along z: refinement would stay trapped near it; the
+    optimiser scores it against the searched translation and starts from the better one."""
+    from TotalRegistratorLib.core.transform import Transform
+
+    grid = Grid((56, 44, 60), (4.0, 4.0, 4.0), (-110.0, -86.0, -118.0))
+    fixed, moving = torso(grid), torso(grid, shift=(5.0, -4.0, 3.0), noise_seed=1)
+    settings = OptimizationSettings(affine_iterations=(30, 15), deformable_iterations=(10, 5), spacing=4.0)
+    bad_start = Transform(alignment.translation([0.0, 0.0, 80.0]))
+    result = optimize_pair(Scan(fixed, "fixed"), Scan(moving, "moving"), settings, start=bad_start)
+    assert result.start_replaced
+    centre = Grid.from_image(fixed).corners().mean(axis=0)
+    assert np.abs(result.transform.apply(centre) - centre - (5.0, -4.0, 3.0)).max() < 2.0
+    good = optimize_pair(Scan(fixed, "fixed"), Scan(moving, "moving"), settings,
+                         start=Transform(alignment.translation([5.0, -4.0, 3.0])))
+    assert not good.start_replaced

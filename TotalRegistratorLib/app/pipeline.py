@@ -39,6 +39,9 @@ def register(fixed: Scan, moving: Scan, settings: OptimizationSettings, cascade:
     if refine or result is None:
         result = optimize_pair(fixed, moving, settings, progress, None if result is None else result.transform)
         _check_finite(result, "instance optimisation")
+        if result.start_replaced:
+            messages.warn("the cascade's map scored worse than a plain translation of the bodies; instance "
+                          "optimisation started from the translation instead")
         if result.kept != "deformable":
             messages.warn(f"the deformable stage scored worse than the {result.kept} stage's map where both see the "
                           f"moving image; the {result.kept} map was kept")

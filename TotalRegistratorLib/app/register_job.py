@@ -167,6 +167,7 @@ def _report(job: RegisterJob, result: Result, fixed: Scan, moving: Scan, transfo
         "device": str(resolve_device(job.settings.device)), "threads": torch.get_num_threads(),
         "versions": versions(), "working_grid": _grid_summary(result.grid),
         "affine_matrix": affine.tolist(), "kept_stage": result.kept,
+        "cascade_start_replaced": result.start_replaced,
         "similarity_local_ncc": image_similarity(fixed, moving, transform, result.grid, body_on_grid),
         "field_in_body": field_summary(result.transform.field_on(result.grid), result.grid, body_on_grid),
     }

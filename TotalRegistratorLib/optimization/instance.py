@@ -53,6 +53,7 @@ class Result:
     fixed_mask: sitk.Image  # the fixed body mask (on the fixed preview's grid)
     timings: dict[str, float] = field(default_factory=dict)
     kept: str = "deformable"  # the stage whose map was kept (the optimiser's guard; ``cascade`` for the cascade)
+    start_replaced: bool = False  # a given start (the cascade's map) scored worse than the searched one: unused
 
     def export_grid(self, spacing: float | None = None) -> Grid:
         """The grid of the exported field: by default the residual's lattice over the fixed image's box
@@ -93,7 +94,7 @@ def optimize_pair(fixed: Scan, moving: Scan, settings: OptimizationSettings | No
     outcome = optimize(prepared_fixed, prepared_moving, settings, progress, start)
     timings.update(outcome.timings)
     return Result(fixed.image, moving.image, outcome.transform.to("cpu"), prepared_fixed.grid, fixed.mask, timings,
-                  outcome.kept)
+                  outcome.kept, outcome.start_replaced)
 
 
 def resample_moving(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transform | None = None,

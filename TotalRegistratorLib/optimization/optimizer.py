@@ -211,9 +211,10 @@ def optimize(fixed: Prepared, moving: Prepared, settings: OptimizationSettings |
              progress: Progress | None = None, start: Transform | None = None) -> Outcome:
     """Register ``moving`` to ``fixed`` (prepared on working grids of the same device).
 
-    ``start`` is a map to refine (e.g. the cascade's): it replaces the centroid
-    initialisation, and the affine stage then corrects it globally in moving space
-    (``x -> C(start(x))``) before the deformable stage. Returns the map (its residual on
+    ``start`` is a map to refine (e.g. the cascade's): unless the searched translation
+    scores better at the coarsest level, it replaces that initialisation, and the affine
+    stage then corrects it globally in moving space (``x -> C(start(x))``) before the
+    deformable stage. Returns the map (its residual on
     the finest parameter grid, or on ``fixed.grid`` when ``start`` has a residual), seconds per
     stage and which stage's map the guard kept.
     """
@@ -230,12 +231,17 @@ def optimize(fixed: Prepared, moving: Prepared, settings: OptimizationSettings |
     timings["pyramid"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    if start is None:
-        coarsest = levels[max(settings.affine_levels, default=min(levels))]
-        initial = alignment.initial_translation(
-            fixed.grid, moving.grid, fixed.centroid, moving.centroid, coarsest.grid.spacing[2],
-            lambda matrix: float(_step(coarsest, matrix_apply(matrix, coarsest.grid.world_points()), moving.domain,
-                                       sim)))
+    coarsest = levels[max(settings.affine_levels, default=min(levels))]
+
+    def coarse_loss(transform: Transform) -> float:
+        return float(_step(coarsest, transform.points(coarsest.grid, fixed.tensor.device), moving.domain, sim))
+
+    initial = alignment.initial_translation(fixed.grid, moving.grid, fixed.centroid, moving.centroid,
+                                            coarsest.grid.spacing[2], lambda matrix: coarse_loss(Transform(matrix)))
+    # a given map (e.g. the cascade's) that scores worse than the searched translation is set aside
+    replaced = start is not None and coarse_loss(Transform(initial)) < coarse_loss(
+        start.to(fixed.tensor.device)) - alignment.CENTROID_MARGIN
+    if start is None or replaced:
         start = Transform(initial)
         base = Transform(_affine_stage(levels, fixed, moving, settings, sim, progress, initial=initial))
     else:
@@ -248,7 +254,7 @@ def optimize(fixed: Prepared, moving: Prepared, settings: OptimizationSettings |
     timings["deformable"] = time.perf_counter() - clock
     finest = levels[min(settings.deformable_levels or settings.affine_levels)]
     kept = _guard(finest, moving.domain, sim, {"deformable": transform, "affine": base, "start": start})
-    return Outcome(({"deformable": transform, "affine": base, "start": start})[kept], timings, kept)
+    return Outcome(({"deformable": transform, "affine": base, "start": start})[kept], timings, kept, replaced)
 
 
 @dataclass
@@ -259,6 +265,7 @@ class Outcome:
     transform: Transform
     timings: dict[str, float]
     kept: str
+    start_replaced: bool = False  # the given start scored worse than the searched translation and was not used
 
 
 def _guard(level: Level, domain: Grid, sim: Similarity, maps: dict[str, Transform]) -> str:
