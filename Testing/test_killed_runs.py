@@ -28,9 +28,11 @@ def pair(tmp_path_factory):
 
 def start_working(pair, out: Path) -> subprocess.Popen:
     """A registration that is busy optimising (its first progress line has arrived) when this returns."""
+    # a shell's background job ignores SIGINT, and so would its children (Python keeps an inherited SIG_IGN)
     process = subprocess.Popen([sys.executable, "-m", "TotalRegistratorLib", "register", str(pair["fixed"]),
                                 str(pair["moving"]), "-o", str(out), *SLOW], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in process.stderr:
         if '"stage"' in line:
             return process
