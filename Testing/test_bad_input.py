@@ -410,3 +410,14 @@ def test_phantom_keeps_files_it_did_not_write(tmp_path, capfd):
     assert all((out / name).read_text() == text for name, text in mine.items())
     assert not (out / "pair001_fixed.nii.gz").exists() and leftovers(tmp_path) == []
     assert PREFIX not in capfd.readouterr().err
+
+
+def test_a_volume_too_large_for_memory_is_refused_from_its_header(pair, tmp_path, capfd):
+    """2048 x 2048 x 2000 int16 (16 GB of voxels): refused from the header alone (no data file exists), before
+    any work, with the supported size, exit 2 and nothing written."""
+    header = tmp_path / "huge.mhd"
+    header.write_text("ObjectType = Image\nNDims = 3\nDimSize = 2048 2048 2000\nElementType = MET_SHORT\n"
+                      "ElementSpacing = 0.3 0.3 0.3\nElementDataFile = huge.raw\n")
+    line = refused(["register", pair["fixed"], header, "-o", tmp_path / "out"], capfd)
+    assert "huge.mhd" in line and "2048 x 2048 x 2000" in line and "are supported" in line, line
+    assert not (tmp_path / "out").exists()

@@ -22,6 +22,8 @@ from .outputs import atomic_path
 
 
 def _read(path: Path) -> sitk.Image:
+    """The image at ``path`` (a file, or a folder of one DICOM series), its size checked before its voxels
+    are read (:func:`validation.check_volume_size`)."""
     if path.is_dir():
         reader = sitk.ImageSeriesReader()
         series = reader.GetGDCMSeriesIDs(str(path))
@@ -29,9 +31,19 @@ def _read(path: Path) -> sitk.Image:
             raise InputError(f"{path}: folder holds no DICOM series")
         if len(series) > 1:
             raise InputError(f"{path}: folder holds {len(series)} DICOM series; point to a folder with one")
-        reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
+        files = reader.GetGDCMSeriesFileNames(str(path), series[0])
+        validation.check_volume_size((*_header(Path(files[0])).GetSize()[:2], len(files)), path)
+        reader.SetFileNames(files)
         return reader.Execute()
+    validation.check_volume_size(_header(path).GetSize(), path)
     return sitk.ReadImage(str(path))
+
+
+def _header(path: Path) -> sitk.ImageFileReader:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return reader
 
 
 def read_volume(path: str | os.PathLike) -> sitk.Image:
