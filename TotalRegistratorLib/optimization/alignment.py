@@ -5,10 +5,11 @@ upper-abdomen slab against a thorax-to-pelvis scan. Lining up their body centroi
 starts the optimisation tens of millimetres off, in a basin it never leaves. So the
 start is the best scoring of a few candidate translations (fixed LPS mm -> moving LPS
 mm): the identity (the scanners' own coordinates), the body-centroid translation, and
-the centroid translation in x and y combined with every z shift, in steps of the
-coarsest level's spacing, that keeps the two bodies overlapping along z by at least
-:data:`MIN_OVERLAP` of the shorter one. Scores come from the caller (the similarity
-loss at the coarsest pyramid level, lower is better), so this module only proposes.
+the centroid translation in x and y combined with every z shift, in steps of twice the
+coarsest level's spacing (then the best one's neighbours at one spacing), that keeps the
+two bodies overlapping along z by at least :data:`MIN_OVERLAP` of the shorter one.
+Scores come from the caller (the similarity loss at the coarsest pyramid level, lower
+is better), so this module only proposes.
 """
 
 from __future__ import annotations
@@ -56,12 +57,25 @@ def initial_translation(fixed_box: Grid, moving_box: Grid, fixed_centroid: np.nd
     kept unless a z shift beats it by :data:`CENTROID_MARGIN` (noise must not move a good start).
     """
     centroid = translation(np.asarray(moving_centroid, float) - np.asarray(fixed_centroid, float))
+
+    def shifted(t: float) -> np.ndarray:
+        return translation([centroid[0, 3], centroid[1, 3], t])
+
     best, best_loss = centroid, loss(centroid) - CENTROID_MARGIN
-    candidates = [np.eye(4)]
-    for t in z_shifts(fixed_box, moving_box, step):
-        candidates.append(translation([centroid[0, 3], centroid[1, 3], t]))
-    for matrix in candidates:
+
+    def consider(matrix: np.ndarray) -> bool:
+        nonlocal best, best_loss
         value = loss(matrix)
         if value < best_loss:
             best, best_loss = matrix, value
+        return value == best_loss
+
+    consider(np.eye(4))
+    winner = None
+    for t in z_shifts(fixed_box, moving_box, 2 * step):  # every other step first, then the winner's neighbours
+        if consider(shifted(t)):
+            winner = t
+    if winner is not None:
+        for t in (winner - step, winner + step):
+            consider(shifted(t))
     return best
