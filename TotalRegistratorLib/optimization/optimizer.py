@@ -5,7 +5,8 @@ Stages, all on LPS-aligned working grids around the bodies (see
 
 1. A starting translation (:mod:`.alignment`): the best scoring at the coarsest level
    of the identity, the body-centroid translation and shifts along z that keep the
-   bodies overlapping (scans of different ranges: partial overlap).
+   bodies overlapping (scans of different ranges: partial overlap); or a given start
+   (the cascade's map) unless it scores worse than that translation.
 2. Affine (12 parameters) about the fixed body centroid, coarse to fine.
 3. A dense displacement field in mm on the fixed working grid, coarse to fine,
    loss = similarity + ``smoothness`` * diffusion, optimised with Adam.
@@ -214,9 +215,9 @@ def optimize(fixed: Prepared, moving: Prepared, settings: OptimizationSettings |
     ``start`` is a map to refine (e.g. the cascade's): unless the searched translation
     scores better at the coarsest level, it replaces that initialisation, and the affine
     stage then corrects it globally in moving space (``x -> C(start(x))``) before the
-    deformable stage. Returns the map (its residual on
-    the finest parameter grid, or on ``fixed.grid`` when ``start`` has a residual), seconds per
-    stage and which stage's map the guard kept.
+    deformable stage. Returns the map (its residual on the finest parameter grid, or on
+    ``fixed.grid`` when the start has a residual), seconds per stage, which stage's map the
+    guard kept and whether the given start was set aside.
     """
     settings = settings or OptimizationSettings()
     progress = progress or (lambda stage, done, total: None)
@@ -253,8 +254,9 @@ def optimize(fixed: Prepared, moving: Prepared, settings: OptimizationSettings |
     transform = _deformable_stage(levels, fixed, moving, settings, sim, progress, base)
     timings["deformable"] = time.perf_counter() - clock
     finest = levels[min(settings.deformable_levels or settings.affine_levels)]
-    kept = _guard(finest, moving.domain, sim, {"deformable": transform, "affine": base, "start": start})
-    return Outcome(({"deformable": transform, "affine": base, "start": start})[kept], timings, kept, replaced)
+    maps = {"deformable": transform, "affine": base, "start": start}
+    kept = _guard(finest, moving.domain, sim, maps)
+    return Outcome(maps[kept], timings, kept, replaced)
 
 
 @dataclass
@@ -275,11 +277,12 @@ def _guard(level: Level, domain: Grid, sim: Similarity, maps: dict[str, Transfor
     with torch.no_grad():
         points = {name: maps[name].points(level.grid, level.fixed.device) for name in names}
         seen = {name: _in_moving(points[name], domain, sim) for name in names}
+
+        def loss(name: str, other: str) -> float:  # ``name``'s loss where it and ``other`` see moving data
+            return float(_step(level, points[name], domain, sim, seen[name] & seen[other]))
+
         for i, name in enumerate(names):
-            def loss(other: str, common: torch.Tensor) -> float:
-                return float(_step(level, points[other], domain, sim, common))
-            if all(loss(name, seen[name] & seen[o]) <= loss(o, seen[name] & seen[o]) + 1e-6
-                   for o in names[i + 1:]):
+            if all(loss(name, other) <= loss(other, name) + 1e-6 for other in names[i + 1:]):
                 return name
     return names[-1]
 
