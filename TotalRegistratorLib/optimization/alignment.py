@@ -31,9 +31,9 @@ def z_range(grid: Grid) -> tuple[float, float]:
 
 
 def z_shifts(fixed_box: Grid, moving_box: Grid, step: float, min_overlap: float = MIN_OVERLAP) -> np.ndarray:
-    """Shifts ``t`` (mm, fixed z -> moving z + ...: a fixed point at z maps to z + t) in steps of ``step``
-    for which the fixed box moved by ``t`` overlaps the moving box along z by at least ``min_overlap``
-    of the shorter of the two."""
+    """Shifts ``t`` along z (mm; a fixed point at z maps to z + t), ``step`` apart and centred in the range
+    where the fixed box moved by ``t`` overlaps the moving box along z by at least ``min_overlap`` of the
+    shorter of the two (empty when no shift does)."""
     (f0, f1), (m0, m1) = z_range(fixed_box), z_range(moving_box)
     need = min_overlap * min(f1 - f0, m1 - m0)
     low, high = m0 - f1 + need, m1 - f0 - need  # overlap = min(f1 + t, m1) - max(f0 + t, m0) >= need
@@ -44,6 +44,7 @@ def z_shifts(fixed_box: Grid, moving_box: Grid, step: float, min_overlap: float 
 
 
 def translation(shift: np.ndarray) -> np.ndarray:
+    """The 4 x 4 matrix of a translation by ``shift`` (LPS mm)."""
     matrix = np.eye(4)
     matrix[:3, 3] = shift
     return matrix
