@@ -13,12 +13,10 @@ Stages, all on LPS-aligned working grids around the bodies (see
 4. A guard: the result is kept only when it scores at least as well as the affine
    stage's map and the start on their common overlap; otherwise the best of those.
 
-Only fixed voxels inside the fixed image's field of view whose mapped point lies
-inside the moving image's field of view count in the similarity, and only where
-the similarity's whole window does (masks eroded by its reach). Learning rates
-anneal within each level. The result is a
-:class:`~TotalRegistratorLib.core.transform.Transform`: the affine stage's matrix
-plus a residual field (LPS mm) on the fixed working grid.
+The pyramid levels and the loss, which counts only voxels whose similarity window
+lies inside both fields of view, are in :mod:`.levels`. Learning rates anneal within
+each level. The result is a :class:`~TotalRegistratorLib.core.transform.Transform`:
+the affine stage's matrix plus a residual field (LPS mm) on the finest parameter grid.
 """
 
 from __future__ import annotations
@@ -36,15 +34,14 @@ from ..core.grid import Grid, matrix_apply
 from ..core.preprocess import Prepared
 from ..core.transform import Transform
 from ..errors import InputError
-from ..optimization import similarity
-from ..registry import DEFAULT_AFFINE_ITERATIONS, DEFAULT_ITERATIONS, DEFAULT_SIMILARITY, SIMILARITIES, SIMILARITY_TABLE
+from ..registry import DEFAULT_AFFINE_ITERATIONS, DEFAULT_ITERATIONS, DEFAULT_SIMILARITY, SIMILARITIES
 from . import alignment
+from .levels import Level, Similarity, build_levels, masked_loss, sees_moving, step_loss, warp
 from .regularization import diffusion
 
 Progress = Callable[[str, int, int], None]
 """Called as ``progress(stage, done, total)`` while a stage runs."""
 
-FOV_TOLERANCE = 1e-3  # voxels: points on an edge voxel centre count as inside whatever rounding says
 VIEW_REFRESH = 5  # deformable steps between updates of which fixed windows see moving data
 
 
@@ -89,95 +86,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-SIMILARITY_SPECS = {spec.name: spec for spec in SIMILARITY_TABLE}
-
-
-@dataclass
-class Level:
-    """Fixed and moving features and masks at one pyramid level."""
-
-    grid: Grid
-    fixed: torch.Tensor
-    moving: torch.Tensor
-    moving_grid: Grid
-    fixed_statistics: tuple | None
-    fixed_valid: torch.Tensor  # [1, K, J, I] bool: similarity windows inside the fixed field of view
-
-
-class Similarity:
-    """A similarity measure of :data:`~TotalRegistratorLib.registry.SIMILARITY_TABLE` as features (computed
-    once per image), what the loss precomputes from the fixed features, and a loss between features."""
-
-    def __init__(self, name: str, ncc_radius: int, generator: torch.Generator):
-        self.name = name
-        self.ncc_radius = ncc_radius
-        self.generator = generator
-        reach = SIMILARITY_SPECS[name].reach
-        self.reach = ncc_radius if reach == "radius" else int(reach)  # voxels around a voxel its loss looks at
-        self.features, self.fixed_statistics, self._loss = getattr(self, f"_{name}")()
-
-    def loss(self, level: Level, warped: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self._loss(level, warped, mask)
-
-    def _ncc(self):
-        return (_same, lambda fixed: similarity.local_statistics(fixed, self.ncc_radius),
-                lambda level, warped, mask: similarity.local_ncc(level.fixed, warped, mask, self.ncc_radius,
-                                                                 level.fixed_statistics))
-
-    def _mind(self):
-        return (similarity.mind_ssc, _nothing,
-                lambda level, warped, mask: similarity.mind_loss(level.fixed, warped, mask))
-
-    def _mi(self):
-        return (_same, _nothing, lambda level, warped, mask: similarity.mutual_information(
-            level.fixed, warped, mask, generator=self.generator))
-
-
-def _same(image: torch.Tensor) -> torch.Tensor:
-    return image
-
-
-def _nothing(fixed: torch.Tensor) -> None:
-    return None
-
-
-def downsample(image: torch.Tensor, grid: Grid, factor: int, domain: Grid) -> tuple[torch.Tensor, Grid]:
-    """Blur by a box of about ``factor`` voxels, then sample on the grid ``factor`` times coarser.
-
-    The blur is a normalised convolution over voxels inside ``domain`` (the
-    image's field of view), so padding outside it never bleeds into the image.
-    """
-    if factor == 1:
-        return image, grid
-    coarse = grid.scaled(factor)
-    radius = factor // 2
-    points = grid.world_points(image.device, image.dtype)
-    weight = fields.inside(points, domain, margin=FOV_TOLERANCE)[:, None].to(image.dtype)
-    blurred = similarity.box_sum(image * weight, radius) / similarity.box_sum(weight, radius).clamp_min(1e-6)
-    return fields.sample(blurred, grid, coarse.world_points(image.device, image.dtype)), coarse
-
-
-def erode(valid: torch.Tensor, radius: int) -> torch.Tensor:
-    """Keep voxels whose whole (2r+1)^3 box is valid, so no similarity window reaches outside the data."""
-    if radius == 0:
-        return valid
-    full = (2 * radius + 1) ** 3 - 0.5
-    return similarity.box_sum(valid[:, None].to(torch.float32), radius)[:, 0] >= full
-
-
-def _levels(fixed: Prepared, moving: Prepared, factors, sim: Similarity) -> dict[int, Level]:
-    levels = {}
-    for f in sorted(set(factors)):
-        fixed_image, grid = downsample(fixed.tensor, fixed.grid, f, fixed.domain)
-        moving_image, moving_grid = downsample(moving.tensor, moving.grid, f, moving.domain)
-        fixed_features = sim.features(fixed_image)
-        in_view = fields.inside(grid.world_points(fixed_image.device), fixed.domain, margin=FOV_TOLERANCE)
-        fixed_valid = erode(in_view, sim.reach)
-        levels[f] = Level(grid, fixed_features, sim.features(moving_image), moving_grid,
-                          sim.fixed_statistics(fixed_features), fixed_valid)
-    return levels
-
-
 def _affine_matrix(linear: torch.Tensor, shift: torch.Tensor, centre: np.ndarray,
                    start: np.ndarray) -> torch.Tensor:
     """4 x 4 LPS matrix: x -> start (I + linear) (x - c) + c + shift, c = ``centre`` (mm).
@@ -190,22 +98,6 @@ def _affine_matrix(linear: torch.Tensor, shift: torch.Tensor, centre: np.ndarray
     a = torch.eye(3, dtype=dtype) + linear
     m = torch.cat([torch.cat([a, (c - a @ c + shift)[:, None]], 1), m[3:]], 0)
     return torch.as_tensor(start, dtype=dtype) @ m
-
-
-def _step(level: Level, points: torch.Tensor, domain: Grid, sim: Similarity,
-          within: torch.Tensor | None = None, seen: torch.Tensor | None = None) -> torch.Tensor:
-    """The similarity loss of the moving features at ``points`` (fixed voxel -> moving LPS mm), over fixed
-    voxels whose window lies inside both fields of view (and inside ``within`` [1, K, J, I] bool if given).
-    ``seen`` is the moving field of view's part (:func:`_in_moving`) when the caller already has it."""
-    warped = fields.sample(level.moving, level.moving_grid, points)
-    valid = level.fixed_valid & (_in_moving(points, domain, sim) if seen is None else seen)
-    if within is not None:
-        valid = valid & within
-    return sim.loss(level, warped, valid[:, None].to(points.dtype))
-
-
-def _in_moving(points: torch.Tensor, domain: Grid, sim: Similarity) -> torch.Tensor:
-    return erode(fields.inside(points, domain, margin=FOV_TOLERANCE), sim.reach)
 
 
 def optimize(fixed: Prepared, moving: Prepared, settings: OptimizationSettings | None = None,
@@ -228,14 +120,14 @@ def optimize(fixed: Prepared, moving: Prepared, settings: OptimizationSettings |
     timings: dict[str, float] = {}
 
     clock = time.perf_counter()
-    levels = _levels(fixed, moving, (*settings.affine_levels, *settings.deformable_levels), sim)
+    levels = build_levels(fixed, moving, (*settings.affine_levels, *settings.deformable_levels), sim)
     timings["pyramid"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
     coarsest = levels[max(settings.affine_levels, default=min(levels))]
 
     def coarse_loss(transform: Transform) -> float:
-        return float(_step(coarsest, transform.points(coarsest.grid, fixed.tensor.device), moving.domain, sim))
+        return float(step_loss(coarsest, transform.points(coarsest.grid, fixed.tensor.device), moving.domain, sim))
 
     initial = alignment.initial_translation(fixed.grid, moving.grid, fixed.centroid, moving.centroid,
                                             coarsest.grid.spacing[2], lambda matrix: coarse_loss(Transform(matrix)))
@@ -276,13 +168,14 @@ def _guard(level: Level, domain: Grid, sim: Similarity, maps: dict[str, Transfor
     names = list(maps)
     with torch.no_grad():
         points = {name: maps[name].points(level.grid, level.fixed.device) for name in names}
-        seen = {name: _in_moving(points[name], domain, sim) for name in names}
+        warped = {name: warp(level, points[name]) for name in names}
+        seen = {name: sees_moving(points[name], domain, sim) for name in names}
 
-        def loss(name: str, other: str) -> float:  # ``name``'s loss where it and ``other`` see moving data
-            return float(_step(level, points[name], domain, sim, seen[name] & seen[other]))
+        def score(name: str, other: str) -> float:  # ``name``'s loss where it and ``other`` see moving data
+            return float(masked_loss(level, warped[name], sim, seen[name] & seen[other]))
 
         for i, name in enumerate(names):
-            if all(loss(name, other) <= loss(other, name) + 1e-6 for other in names[i + 1:]):
+            if all(score(name, other) <= score(other, name) + 1e-6 for other in names[i + 1:]):
                 return name
     return names[-1]
 
@@ -308,7 +201,7 @@ def _affine_stage(levels: dict[int, Level], fixed: Prepared, moving: Prepared, s
             anneal(optimizer, settings.affine_learning_rate, step, iterations)
             optimizer.zero_grad()
             matrix = _affine_matrix(linear, 100.0 * shift, centre, initial).to(world)
-            loss = _step(level, matrix_apply(matrix, world), moving.domain, sim)
+            loss = step_loss(level, matrix_apply(matrix, world), moving.domain, sim)
             loss.backward()
             optimizer.step()
             done += 1
@@ -342,8 +235,8 @@ def _deformable_stage(levels: dict[int, Level], fixed: Prepared, moving: Prepare
             smooth = smooth_field(residual)
             points = world + (base_field + upsample(smooth, level.grid)).movedim(1, -1)
             if step % VIEW_REFRESH == 0:  # which windows see moving data changes slowly: not every step
-                seen = _in_moving(points.detach(), moving.domain, sim)
-            loss = _step(level, points, moving.domain, sim, seen=seen) + settings.smoothness * diffusion(
+                seen = sees_moving(points.detach(), moving.domain, sim)
+            loss = step_loss(level, points, moving.domain, sim, seen) + settings.smoothness * diffusion(
                 smooth, param_grid)
             (loss * scale).backward()
             optimizer.step()
