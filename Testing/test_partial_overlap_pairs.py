@@ -1,7 +1,7 @@
 """Partial-overlap phantom pairs (``intra-partial``, ``inter-partial``): two scans whose z ranges overlap over
 30-60 % of the shorter one, cut from the ``intra`` and ``inter`` pairs of the same seed.
 
-The overlap is measured here independently of ``pairs.partial_slabs``: each scan's slices are placed in the
+The overlap is measured here independently of ``partial.partial_slabs``: each scan's slices are placed in the
 phantom's anatomy frame (the phantoms rebuilt from the seed as ``make_pair`` draws them first; the fixed scan
 of an ``intra-partial`` pair through the ground truth the pair carries), at each slice's in-plane centre.
 """
