@@ -195,7 +195,10 @@ class Prepared:
     fixed_path: Path
     moving_path: Path
     body: np.ndarray  # fixed body mask on the fixed grid
-    truth_body: np.ndarray | None  # the same on the ground truth's grid (None: no ground truth)
+    structures: list[int]  # labels found in both scans (a partial-overlap pair's moving scan may miss some)
+    # where the error counts, on the ground truth's grid: the fixed body where the true map lands inside the
+    # moving scan (elsewhere no method has data to go by); None without a ground truth
+    truth_body: np.ndarray | None
     landmarks: tuple[np.ndarray, np.ndarray] | None  # fixed structure centroids and their true moving points
 
 
@@ -212,15 +215,18 @@ def prepare(spec: PairSpec, folder: Path) -> Prepared:
     for image, path in zip((pair.fixed, pair.moving), paths):
         images.write_image(image, path, compress=False)
     body = preprocess.body_mask(pair.fixed)
+    structures = sorted(set(np.unique(sitk.GetArrayViewFromImage(pair.fixed_labels)).tolist()) & set(np.unique(
+        sitk.GetArrayViewFromImage(pair.moving_labels)).tolist()) - {0})
     truth_body = landmarks = None
     if pair.truth is not None:
         mask = preprocess.mask_to_image(body, pair.fixed)
         truth_body = sitk.GetArrayFromImage(preprocess.resample(mask, pair.truth.grid, labels=True, default=0)) > 0
+        truth_body &= fields.inside(pair.truth.points(pair.truth.grid), Grid.from_image(pair.moving))[0].numpy()
         centroids = structure_centroids(pair.fixed_labels)
         targets = pair.truth.apply(centroids)
         seen = fields.inside(torch.as_tensor(targets), Grid.from_image(pair.moving)).numpy()
         landmarks = centroids[seen], targets[seen]
-    return Prepared(pair, *paths, body, truth_body, landmarks)
+    return Prepared(pair, *paths, body, structures, truth_body, landmarks)
 
 
 def structure_centroids(labels: sitk.Image) -> np.ndarray:
@@ -267,10 +273,7 @@ def evaluate(prepared: Prepared, field_path: Path) -> dict[str, float]:
     transform = sitk.DisplacementFieldTransform(image)  # takes the image's buffer: ``image`` is empty after
     fixed_labels = sitk.GetArrayFromImage(pair.fixed_labels)
     warped = sitk.GetArrayFromImage(resample_moving(pair.moving_labels, pair.fixed, transform, labels=True))
-    # structures in both scans (a partial-overlap pair's moving scan may miss some: no method can match them)
-    present = sorted(set(np.unique(fixed_labels).tolist()) & set(np.unique(
-        sitk.GetArrayViewFromImage(pair.moving_labels)).tolist()) - {0})
-    dice = metrics.dice(fixed_labels, warped, present)
+    dice = metrics.dice(fixed_labels, warped, prepared.structures)
     row = {f"dice_{name}": dice.get(LABELS[name], math.nan) for name in STRUCTURES}
     row["dice_mean"] = _nanmean([row[f"dice_{name}"] for name in TRAINING_STRUCTURES])
     stats = field_summary(field, grid, prepared.body)
@@ -278,9 +281,7 @@ def evaluate(prepared: Prepared, field_path: Path) -> dict[str, float]:
     if pair.truth is not None:
         truth = pair.truth.field_on(pair.truth.grid)
         error = (transform_to_field(transform, pair.truth.grid) - truth)[0].norm(dim=0).numpy()
-        # where the true map lands inside the moving scan (elsewhere no method has data to go by)
-        seen = fields.inside(pair.truth.points(pair.truth.grid), Grid.from_image(pair.moving))[0].numpy()
-        error = error[prepared.truth_body & seen]
+        error = error[prepared.truth_body]
         row.update(error_mean_mm=float(error.mean()), error_p95_mm=float(np.percentile(error, 95)),
                    tre_mm=float(metrics.target_registration_error(*prepared.landmarks, transform).mean()))
     return row
