@@ -62,7 +62,8 @@ class Result:
         fixed = Grid.from_image(self.fixed)
         if spacing is not None:
             return export_grid(fixed, spacing)
-        return (self.transform.grid or self.grid).aligned_cover(fixed.corners())
+        lattice = self.grid if self.transform.is_linear else self.transform.grid
+        return lattice.aligned_cover(fixed.corners())
 
     def to_sitk(self, spacing: float | None = None) -> sitk.Transform:
         """The ITK transform: affine when the map is linear, else a displacement field on :meth:`export_grid`."""
