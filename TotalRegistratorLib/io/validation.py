@@ -184,12 +184,12 @@ BASE_MEMORY_BYTES = 1.5 * 2**30  # the registration itself on its working grids 
 def check_volume_size(size: tuple[int, ...], path: str | os.PathLike) -> None:
     """Before reading the voxels: refuse an image of more voxels than this machine's memory can register
     (about :data:`BYTES_PER_IMAGE_VOXEL` bytes each beyond :data:`BASE_MEMORY_BYTES`)."""
-    voxels = float(np.prod(size))
-    supported = max(_physical_memory() - BASE_MEMORY_BYTES, 0.0) / BYTES_PER_IMAGE_VOXEL
+    voxels, memory = float(np.prod(size)), _physical_memory()
+    supported = max(memory - BASE_MEMORY_BYTES, 0.0) / BYTES_PER_IMAGE_VOXEL
     if voxels > supported:
         side = int(supported ** (1 / 3))
         raise InputError(f"{path}: {' x '.join(map(str, size))} voxels ({voxels / 1e9:.3g} G) is more than this "
-                         f"machine's {_physical_memory() / 2**30:.3g} GiB can register; at most "
+                         f"machine's {memory / 2**30:.3g} GiB can register; at most "
                          f"{supported / 1e9:.3g} G voxels (e.g. {side} x {side} x {side}) are supported: "
                          "resample it coarser first")
 
