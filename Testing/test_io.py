@@ -327,8 +327,8 @@ def test_network_grid_covers_the_body_box():
     image, _ = torso_on_table(grid)
     mask = preprocess.body_mask(image)
     net = preprocess.network_grid(preprocess.Scan(image))
-    assert net.size == preprocess.NETWORK_SIZE == (128, 96, 160)
-    assert net.shape == (160, 96, 128)
+    assert net.size == preprocess.NETWORK_SIZE == (64, 48, 80)
+    assert net.shape == (80, 48, 64)
     np.testing.assert_allclose(net.direction_matrix, np.eye(3))  # LPS-aligned whatever the scan's direction
     lower, upper = physical_bounding_box(grid, mask)
     np.testing.assert_allclose(net.corners().min(0), lower, atol=1e-6)

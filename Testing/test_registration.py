@@ -158,3 +158,23 @@ def test_refining_a_field_keeps_a_good_start_and_improves_a_poor_one():
         assert result.timings["affine"] > 0
         error = np.linalg.norm(exported_field(result) - truth[0].numpy(), axis=0)[body]
         assert np.median(error) < limit, np.median(error)
+
+
+def test_refinement_takes_a_rough_start_field_as_its_initial_value_and_smooths_it():
+    """A start that folds (the truth plus voxel noise, as a rough learned field) is not kept as a frozen base:
+    its field is the refinement's initial value, so the result is smooth, near the truth and compact."""
+    t = np.array([5.0, -3.0, 2.0])
+    fixed = torso(GRID)
+    moving = torso(GRID, shift=t, noise_seed=1)
+    grid = Grid.from_image(fixed)
+    body = preprocess.body_mask(fixed)
+    truth = torch.as_tensor(t, dtype=torch.float32).view(1, 3, 1, 1, 1).expand(1, 3, *grid.shape).clone()
+    rough = truth + 2.5 * torch.randn(truth.shape, generator=torch.Generator().manual_seed(0))
+    folding = lambda u: metrics.jacobian_statistics(u, grid, body)["folding_percent"]  # noqa: E731
+    assert folding(rough) > 10.0
+    result = register(fixed, moving, FAST, start=Transform.from_field(rough, grid))
+    assert result.kept == "deformable" and result.transform.grid.spacing[0] > grid.spacing[0]  # its own lattice
+    u = torch.as_tensor(exported_field(result))[None]
+    assert folding(u) < 0.1
+    error = np.linalg.norm(u[0].numpy() - truth[0].numpy(), axis=0)[body]
+    assert np.median(error) < 1.5, np.median(error)

@@ -71,7 +71,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bending-weight", type=non_negative(float), default=defaults.bending,
                    help="beta (bending energy, mm^-2; ignored for the affine block)")
     p.add_argument("--joint-backward", action="store_true", help="one backward pass for all organs (more memory)")
-    p.add_argument("--grid-size", type=_size, default=NETWORK_SIZE, help="network grid x,y,z (default 128,96,160)")
+    p.add_argument("--no-augment", action="store_true",
+                   help="train on the pairs as they are (default: random appearance and smooth deformation per step)")
+    p.add_argument("--grid-size", type=_size, default=NETWORK_SIZE,
+                   help="network grid x,y,z (default 64,48,80; the paper's is 128,96,160)")
     p.add_argument("--phantom-spacing", type=within(float, *PHANTOM_SPACING_RANGE_MM), default=3.0,
                    help="voxel spacing of phantom scans, mm ({:g}..{:g})".format(*PHANTOM_SPACING_RANGE_MM))
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -147,7 +150,8 @@ def _train(args: argparse.Namespace) -> int:
     for block in blocks:
         settings = TrainSettings(block, args.epochs, args.pairs_per_epoch, args.lr, args.seed,
                                  LossWeights(args.similarity_weight, args.dice_weight, args.bending_weight),
-                                 not args.joint_backward, args.grid_size, args.device, not args.quiet)
+                                 not args.joint_backward, args.grid_size, args.device, not args.quiet,
+                                 not args.no_augment)
         frozen = early[block] if block in early else _frozen(block, weights, args.grid_size)
         trainer = Trainer(settings, args.output, frozen, description, ctx)
         if args.restart and ctx.main:

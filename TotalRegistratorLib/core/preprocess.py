@@ -2,8 +2,10 @@
 
 Working grids are LPS-aligned (identity direction) boxes around the body, so
 scans stored in any orientation become the same tensors. The network grid is
-128 x 96 x 160 voxels (x, y, z) over the body box; instance optimisation uses
-a near-isotropic grid of its own spacing.
+64 x 48 x 80 voxels (x, y, z) over the body box by default (the paper's
+128 x 96 x 160 is :data:`PAPER_NETWORK_SIZE`; a cascade uses the size its
+weights were trained on); instance optimisation uses a near-isotropic grid of
+its own spacing.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from scipy import ndimage
 from ..errors import InputError
 from .grid import Grid, physical_bounding_box
 
-NETWORK_SIZE = (128, 96, 160)  # voxels along x (L-R), y (A-P), z (S-I)
+NETWORK_SIZE = (64, 48, 80)  # voxels along x (L-R), y (A-P), z (S-I): half the paper's, CPU-trainable
+PAPER_NETWORK_SIZE = (128, 96, 160)  # the paper's grid (train.py --grid-size 128,96,160, e.g. on a GPU)
 HU_RANGE = (-1000.0, 1000.0)
 BODY_THRESHOLD_HU = -500.0
 PREVIEW_SPACING = 2.0  # mm: the widest bin of a scan's preview, on which preprocessing works
@@ -75,7 +78,7 @@ def body_grid(mask: sitk.Image, size=None, spacing=None, margin: float = 0.0) ->
 
 
 def network_grid(scan: Scan, size=NETWORK_SIZE) -> Grid:
-    """The network grid (default the paper's 128 x 96 x 160) over the body's bounding box."""
+    """The network grid (default :data:`NETWORK_SIZE`, x, y, z voxels) over the body's bounding box."""
     return body_grid(scan.mask, size=size)
 
 

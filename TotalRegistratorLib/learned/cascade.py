@@ -3,7 +3,8 @@
 Network space and the conversion to the library's fields (:mod:`TotalRegistratorLib.core.fields`):
 
 * Both scans are preprocessed onto their own network grid (the body box,
-  ``size`` = 128 x 96 x 160 voxels x, y, z). The two grids differ, so an
+  ``size`` voxels x, y, z: 64 x 48 x 80 by default, the paper's 128 x 96 x 160
+  on request; a loaded cascade uses its weights' size). The two grids differ, so an
   untrained cascade is the *box map* ``x -> M_mov(idx_fix(x))``, which maps
   the fixed body box onto the moving one (``M`` = a grid's index -> LPS matrix).
 * The cascade's map from the fixed network grid into the moving scan is kept

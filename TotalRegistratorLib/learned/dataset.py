@@ -1,7 +1,7 @@
 """Training pairs as network-grid tensors, preprocessed once and cached on disk.
 
 Each scan is preprocessed exactly as at inference (:func:`TotalRegistratorLib.core.preprocess.prepare`
-on :func:`~TotalRegistratorLib.core.preprocess.network_grid`: body crop, 128 x 96 x 160
+on :func:`~TotalRegistratorLib.core.preprocess.network_grid`: body crop, 64 x 48 x 80
 voxels by default (``size``), HU clipped and scaled to [0, 1]); its label map is resampled (nearest)
 onto the same grid. The cache holds one ``.pt`` file per scan, keyed by a hash
 of the image and label paths, their sizes and modification times (each mask of a label folder), the label

@@ -1,7 +1,7 @@
 """The cascade's networks (Pham et al. 2025): a deformable UNet block and an affine block.
 
-Both take a 2-channel input ``[N, 2, K, J, I]`` (fixed, moving; network grid
-128 x 96 x 160, i.e. K, J, I = 160, 96, 128) in [0, 1].
+Both take a 2-channel input ``[N, 2, K, J, I]`` (fixed, moving; on the network
+grid, 64 x 48 x 80 voxels by default, i.e. K, J, I = 80, 48, 64) in [0, 1].
 
 * :class:`UNet` -- encoder of 5 stages (16, 32, 32, 32, 32 channels; the first
   with stride 1, then stride 2), each one 3^3 convolution (padding 1) and

@@ -106,10 +106,10 @@ def optimize(fixed: Prepared, moving: Prepared, settings: OptimizationSettings |
 
     ``start`` is a map to refine (e.g. the cascade's): unless the searched translation
     scores better at the coarsest level, it replaces that initialisation, and the affine
-    stage then corrects it globally in moving space (``x -> C(start(x))``) before the
-    deformable stage. Returns the map (its residual on the finest parameter grid, or on
-    ``fixed.grid`` when the start has a residual), seconds per stage, which stage's map the
-    guard kept and whether the given start was set aside.
+    stage then corrects it globally in moving space (``x -> C(start(x))``); its residual
+    is the deformable stage's initial value. Returns the map (its residual on the finest
+    parameter grid), seconds per stage, which stage's map the guard kept and whether the
+    given start was set aside.
     """
     settings = settings or OptimizationSettings()
     progress = progress or (lambda stage, done, total: None)
@@ -211,29 +211,33 @@ def _affine_stage(levels: dict[int, Level], fixed: Prepared, moving: Prepared, s
 
 def _deformable_stage(levels: dict[int, Level], fixed: Prepared, moving: Prepared, settings: OptimizationSettings,
                       sim: Similarity, progress: Progress, base: Transform) -> Transform:
-    """A smooth residual field on top of ``base``, coarse to fine: ``base`` plus it, on the finest parameter
-    grid when ``base`` is linear, else on ``fixed.grid``."""
+    """A smooth residual field on top of ``base``'s matrix, coarse to fine, on the finest parameter grid.
+
+    A ``base`` with a residual (a refined cascade map) gives the field its initial value: the optimised field
+    is the whole non-linear part, smoothed and regularised like one found from scratch, not a correction
+    on a frozen field.
+    """
     device = fixed.tensor.device
-    residual, residual_grid = None, fixed.grid
+    residual, residual_grid = base.residual, base.grid
+    base = Transform(base.affine)
     total, done = sum(settings.deformable_iterations), 0
     for factor, iterations in zip(settings.deformable_levels, settings.deformable_iterations):
         level = levels[factor]
         # the residual field lives on a grid field_factor times coarser than the images of this level
         param_grid = level.grid.scaled(settings.field_factor) if settings.field_factor > 1 else level.grid
         residual = (torch.zeros(1, 3, *param_grid.shape, device=device) if residual is None
-                    else fields.resample_field(residual, residual_grid, param_grid)).requires_grad_(True)
+                    else fields.resample_field(residual.to(device), residual_grid, param_grid)).requires_grad_(True)
         residual_grid = param_grid
         # Adam ignores gradient size; scaling the mean loss by the voxel count and a finite eps make
         # directions with gradients far below the image signal (flat or unseen regions) stand still.
         optimizer = torch.optim.Adam([residual], lr=settings.learning_rate, eps=settings.adam_eps)
         scale = float(residual[0, 0].numel())
-        world = level.grid.world_points(device)
-        base_field = base.field_on(level.grid, device)
+        base_points = base.points(level.grid, device)
         for step in range(iterations):
             anneal(optimizer, settings.learning_rate, step, iterations)
             optimizer.zero_grad()
             smooth = smooth_field(residual)
-            points = world + (base_field + upsample(smooth, level.grid)).movedim(1, -1)
+            points = base_points + upsample(smooth, level.grid).movedim(1, -1)
             if step % VIEW_REFRESH == 0:  # which windows see moving data changes slowly: not every step
                 seen = sees_moving(points.detach(), moving.domain, sim)
             loss = step_loss(level, points, moving.domain, sim, seen) + settings.smoothness * diffusion(
@@ -243,11 +247,8 @@ def _deformable_stage(levels: dict[int, Level], fixed: Prepared, moving: Prepare
             done += 1
             progress("deformable", done, total)
         residual = smooth_field(residual.detach())
-    if residual is None:
-        return base
-    if base.is_linear:  # the residual is trilinear on its own coarse grid: keep it there (exact, 8x smaller)
-        return base.plus(residual, residual_grid)
-    return base.plus(fields.resample_field(residual, residual_grid, fixed.grid), fixed.grid)
+    # the residual is trilinear on its own coarse grid: kept there (exact, 8x smaller than the working grid)
+    return base if residual is None else base.plus(residual.to(device), residual_grid)
 
 
 def anneal(optimizer: torch.optim.Optimizer, peak: float, step: int, total: int, floor: float = 0.05) -> None:

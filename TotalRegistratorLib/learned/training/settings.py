@@ -1,4 +1,5 @@
-"""What a training run does: block, epochs, pairs per epoch, learning rate, seed, loss weights, grid, device."""
+"""What a training run does: block, epochs, pairs per epoch, learning rate, seed, loss weights, grid,
+augmentation, device."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class TrainSettings:
     size: tuple[int, int, int] = NETWORK_SIZE
     device: str = "auto"
     progress: bool = True
+    augment: bool = True  # random appearance and smooth deformation per step (training/augment.py)
 
     def __post_init__(self) -> None:
         if self.block not in BLOCKS:

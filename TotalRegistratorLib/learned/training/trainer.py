@@ -17,6 +17,7 @@ from ...learned.cascade import Cascade, Mapping, apply_block, block_config, buil
 from ...learned.dataset import PairDataset, network_grids
 from ...learned.losses import backward
 from ...registry import BLOCK, TRAINING_STRUCTURES
+from .augment import augment
 from .checkpoints import LOG_COLUMNS, append_log, best_metrics, block_paths, restore, trim_log, write_resume
 from .data import epoch_order
 from .distributed import Context, barrier, start, sum_across
@@ -44,7 +45,7 @@ class Trainer:
         self.config = block_config(settings.block, settings.size, loss_weights=settings.weights.as_dict(),
                                    training_data=data_description, lr=settings.lr,
                                    pairs_per_epoch=settings.pairs_per_epoch, per_organ=settings.per_organ,
-                                   seed=settings.seed, preceding=list(block.preceding))
+                                   seed=settings.seed, preceding=list(block.preceding), augment=settings.augment)
         torch.manual_seed(settings.seed)
         self.network = build_network(self.config).to(self.ctx.device)
         self.model = self.network
@@ -71,9 +72,12 @@ class Trainer:
         return mapping
 
     def step(self, item: dict, generator: torch.Generator | None = None) -> dict[str, float]:
-        """One optimisation step on one pair (a dataset item); returns the loss terms."""
+        """One optimisation step on one pair (a dataset item, augmented when the settings say so; ``generator``
+        draws the augmentation and the MI sample); returns the loss terms."""
         self.model.train()
         batch = _to(item, self.ctx.device, self.channels)
+        if self.s.augment:
+            batch = augment(batch, generator or torch.Generator(self.ctx.device).manual_seed(self.s.seed))
         mapping = self._start_mapping(batch, item)
         mapping, out = apply_block(self.s.block, self.model, mapping, batch["fixed"], batch["moving"])
         displacement = None if self.s.block == "affine" else voxels_to_mm(out, mapping.fixed_grid)
