@@ -105,8 +105,14 @@ class Method:
         return None
 
 
-def _cascade(key: str, title: str, blocks: tuple[str, ...], refine: bool = False) -> Method:
-    return Method(key, title, args=("--blocks", ",".join(blocks), *(("--refine",) if refine else ())), blocks=blocks)
+def _cascade(key: str, title: str, blocks: tuple[str, ...], refine: bool = False,
+             schedule: tuple[str, ...] = ()) -> Method:
+    return Method(key, title, args=("--blocks", ",".join(blocks), *(("--refine",) if refine else ()), *schedule),
+                  blocks=blocks)
+
+
+# a short optimisation (about a third of the default's steps): with a learned start, and without one for comparison
+SHORT = ("--iterations", "30,15", "--affine-iterations", "40,20")
 
 
 METHODS: dict[str, Method] = {m.key: m for m in (
@@ -115,6 +121,8 @@ METHODS: dict[str, Method] = {m.key: m for m in (
     Method("io-gpu", "Instance optimisation (GPU)", args=("--device", "cuda"), gpu=True),
     _cascade("cascade", "Cascade", BLOCKS),
     _cascade("cascade+io", "Cascade + instance optimisation", BLOCKS, refine=True),
+    _cascade("cascade+io-short", "Cascade + short instance optimisation", BLOCKS, refine=True, schedule=SHORT),
+    Method("io-short", "Short instance optimisation", args=SHORT),
     _cascade("affine", "Affine block", ("affine",)),
     *(_cascade(f"affine+{b}", f"Affine + {b} block", ("affine", b)) for b in BLOCKS[1:]),
     Method("elastix", "Elastix", ".venv-elastix", "elastix_bspline.py"),

@@ -1,7 +1,8 @@
 """TotalRegistrator in the main environment: instance optimisation, the learned cascade, or both.
 
 ``.venv/bin/python benchmarks/baselines/totalregistrator_run.py FIXED MOVING OUTDIR --threads N
-[--blocks affine,bone,...] [--refine] [--device cpu|cuda]`` (see protocol.py for the outputs).
+[--blocks affine,bone,...] [--refine] [--device cpu|cuda] [--iterations N,N] [--affine-iterations N,N]``
+(see protocol.py for the outputs).
 Without ``--blocks`` it runs instance optimisation alone; with ``--blocks`` the cascade's blocks
 (weights from ``--weights``), and with ``--refine`` instance optimisation starting from the cascade.
 """
@@ -20,6 +21,9 @@ def options(parser) -> None:
     parser.add_argument("--weights", type=Path, help="folder with <block>.pt files (default: the shipped ones)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
+    levels = lambda text: tuple(int(v) for v in text.split(","))  # noqa: E731
+    parser.add_argument("--iterations", type=levels, help="deformable iterations per level (default: register's)")
+    parser.add_argument("--affine-iterations", type=levels, help="affine iterations per level (default: register's)")
 
 
 def main() -> None:
@@ -36,7 +40,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     fixed, moving = images.read_image(args.fixed), images.read_image(args.moving)
-    settings = OptimizationSettings(seed=args.seed, device=args.device)
+    schedule = {key: value for key, value in (("deformable_iterations", args.iterations),
+                                              ("affine_iterations", args.affine_iterations)) if value}
+    settings = OptimizationSettings(seed=args.seed, device=args.device, **schedule)
     cascade = pipeline.load_cascade(args.weights, tuple(args.blocks.split(","))) if args.blocks else None
     start = time.perf_counter()
     result, stages = pipeline.register(Scan(fixed, str(args.fixed)), Scan(moving, str(args.moving)), settings, cascade,
