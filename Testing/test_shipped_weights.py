@@ -1,5 +1,5 @@
-"""The shipped cascade (TotalRegistratorLib/weights): all five blocks load at the default network grid and, on a phantom pair it
-never saw (the benchmark seeds from 10,000 up; training used ``pairs.pair_seed`` hashes), the full
+"""The shipped cascade (TotalRegistratorLib/weights): all five blocks load at the default network grid and,
+on a phantom pair it never saw (the benchmark seeds from 10,000 up; training used ``pairs.pair_seed`` hashes), the full
 cascade aligns the 11 training structures far better than no registration and at least as well as its
 affine block alone, without folding. Resources/MODEL_CARD.md has the numbers over the 20 validation pairs.
 """
