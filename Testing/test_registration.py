@@ -144,14 +144,18 @@ def test_real_deformation_is_recovered(real_deformation):
     assert error_after <= error_before / 2, (error_before, error_after)
 
 
-def test_refining_a_field_keeps_a_good_start_and_improves_a_poor_one():
-    """A start half-way (off by a global shift) is re-aligned by the affine correction, then refined."""
-    t = np.array([6.0, -4.0, 3.0])
+def shifted_torso(t: np.ndarray):
+    """The torso and a noisy copy shifted by ``t`` (mm): fixed, moving, fixed grid, body mask, true field."""
     fixed = torso(GRID)
     moving = torso(GRID, shift=t, noise_seed=1)
     grid = Grid.from_image(fixed)
-    body = preprocess.body_mask(fixed)
     truth = torch.as_tensor(t, dtype=torch.float32).view(1, 3, 1, 1, 1).expand(1, 3, *grid.shape).clone()
+    return fixed, moving, grid, preprocess.body_mask(fixed), truth
+
+
+def test_refining_a_field_keeps_a_good_start_and_improves_a_poor_one():
+    """A start half-way (off by a global shift) is re-aligned by the affine correction, then refined."""
+    fixed, moving, grid, body, truth = shifted_torso(np.array([6.0, -4.0, 3.0]))
     # this toy's interior is flat, so independent noise limits any method to about 0.9 mm here
     for start, limit in ((truth, 1.2), (0.5 * truth, 1.5)):
         result = register(fixed, moving, FAST, start=Transform.from_field(start, grid))
@@ -163,12 +167,7 @@ def test_refining_a_field_keeps_a_good_start_and_improves_a_poor_one():
 def test_refinement_takes_a_rough_start_field_as_its_initial_value_and_smooths_it():
     """A start that folds (the truth plus voxel noise, as a rough learned field) is not kept as a frozen base:
     its field is the refinement's initial value, so the result is smooth, near the truth and compact."""
-    t = np.array([5.0, -3.0, 2.0])
-    fixed = torso(GRID)
-    moving = torso(GRID, shift=t, noise_seed=1)
-    grid = Grid.from_image(fixed)
-    body = preprocess.body_mask(fixed)
-    truth = torch.as_tensor(t, dtype=torch.float32).view(1, 3, 1, 1, 1).expand(1, 3, *grid.shape).clone()
+    fixed, moving, grid, body, truth = shifted_torso(np.array([5.0, -3.0, 2.0]))
     rough = truth + 2.5 * torch.randn(truth.shape, generator=torch.Generator().manual_seed(0))
     folding = lambda u: metrics.jacobian_statistics(u, grid, body)["folding_percent"]  # noqa: E731
     assert folding(rough) > 10.0

@@ -148,10 +148,11 @@ def _train(args: argparse.Namespace) -> int:
             read_checkpoint(resume)
     train, val, description = _datasets(args, ctx)
     for block in blocks:
-        settings = TrainSettings(block, args.epochs, args.pairs_per_epoch, args.lr, args.seed,
-                                 LossWeights(args.similarity_weight, args.dice_weight, args.bending_weight),
-                                 not args.joint_backward, args.grid_size, args.device, not args.quiet,
-                                 not args.no_augment)
+        settings = TrainSettings(block, epochs=args.epochs, pairs_per_epoch=args.pairs_per_epoch, lr=args.lr,
+                                 seed=args.seed, weights=LossWeights(args.similarity_weight, args.dice_weight,
+                                                                     args.bending_weight),
+                                 per_organ=not args.joint_backward, size=args.grid_size, device=args.device,
+                                 progress=not args.quiet, augment=not args.no_augment)
         frozen = early[block] if block in early else _frozen(block, weights, args.grid_size)
         trainer = Trainer(settings, args.output, frozen, description, ctx)
         if args.restart and ctx.main:

@@ -35,8 +35,9 @@ def _read(path: Path) -> sitk.Image:
         validation.check_volume_size((*_header(Path(files[0])).GetSize()[:2], len(files)), path)
         reader.SetFileNames(files)
         return reader.Execute()
-    validation.check_volume_size(_header(path).GetSize(), path)
-    return sitk.ReadImage(str(path))
+    reader = _header(path)
+    validation.check_volume_size(reader.GetSize(), path)
+    return reader.Execute()
 
 
 def _header(path: Path) -> sitk.ImageFileReader:

@@ -248,7 +248,7 @@ def _deformable_stage(levels: dict[int, Level], fixed: Prepared, moving: Prepare
             progress("deformable", done, total)
         residual = smooth_field(residual.detach())
     # the residual is trilinear on its own coarse grid: kept there (exact, 8x smaller than the working grid)
-    return base if residual is None else base.plus(residual.to(device), residual_grid)
+    return base if residual is None else base.plus(residual, residual_grid)
 
 
 def anneal(optimizer: torch.optim.Optimizer, peak: float, step: int, total: int, floor: float = 0.05) -> None:

@@ -77,7 +77,7 @@ class Trainer:
         self.model.train()
         batch = _to(item, self.ctx.device, self.channels)
         if self.s.augment:
-            batch = augment(batch, generator or torch.Generator(self.ctx.device).manual_seed(self.s.seed))
+            batch = augment(batch, generator)
         mapping = self._start_mapping(batch, item)
         mapping, out = apply_block(self.s.block, self.model, mapping, batch["fixed"], batch["moving"])
         displacement = None if self.s.block == "affine" else voxels_to_mm(out, mapping.fixed_grid)
