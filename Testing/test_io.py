@@ -311,6 +311,19 @@ def test_body_mask_fills_axial_slices_whatever_the_storage_order():
     assert np.array_equal(preprocess.body_mask(stored), expected)
 
 
+@pytest.mark.parametrize("radius", [(1, 2, 3), (2, 2, 2), (0, 1, 4)])
+def test_body_mask_opening_is_scipys_binary_opening_by_the_box(radius):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    mask = ndimage.gaussian_filter(rng.random((23, 31, 37)), 2.5) > 0.5  # blobs, some touching the edges
+    radius = np.asarray(radius)
+    expected = ndimage.binary_opening(mask, structure=np.ones(2 * radius + 1, bool))
+    opened = preprocess._box_opening(mask, radius)
+    assert opened.dtype == bool and 0 < expected.sum() < mask.sum()
+    assert np.array_equal(opened, expected)
+
+
 def test_body_mask_rejects_images_without_a_body():
     air = TORSO_GRID.apply_to(sitk.GetImageFromArray(np.full(TORSO_GRID.shape, -1000.0, np.float32)))
     with pytest.raises(InputError, match="^scan.nii: no body found"):

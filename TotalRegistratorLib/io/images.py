@@ -17,7 +17,7 @@ import SimpleITK as sitk
 
 from ..core.grid import Grid
 from ..errors import InputError
-from . import messages, validation
+from . import compression, messages, validation
 from .outputs import atomic_path
 
 
@@ -128,9 +128,20 @@ _INTEGER_TYPES = {sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16
 
 
 def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> None:
-    """Write an image atomically; the format follows the extension (.nii.gz, .nrrd, .mha, ...)."""
+    """Write an image atomically; the format follows the extension (.nii.gz, .nrrd, .mha, ...).
+
+    ``.nii.gz`` is written by ITK uncompressed, then gzipped on all cores (:mod:`.compression`).
+    """
     with atomic_path(path) as tmp, messages.library_output():
-        sitk.WriteImage(image, str(tmp), compress)
+        if not (compress and tmp.name.lower().endswith(".nii.gz")):
+            sitk.WriteImage(image, str(tmp), compress)
+            return
+        raw = tmp.with_name(tmp.name[:-3])  # a staging name too: removed if this run is killed
+        try:
+            sitk.WriteImage(image, str(raw), False)
+            compression.gzip_file(raw, tmp)
+        finally:
+            raw.unlink(missing_ok=True)
 
 
 def write_transform(transform: sitk.Transform, path: str | os.PathLike) -> None:
