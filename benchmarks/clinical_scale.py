@@ -27,11 +27,15 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from TotalRegistratorLib.core import preprocess  # noqa: E402
 from TotalRegistratorLib.core.grid import Grid  # noqa: E402
+from TotalRegistratorLib.core.itk_bridge import export_grid, image_to_field  # noqa: E402
+from TotalRegistratorLib.core.transform import Transform  # noqa: E402
 from TotalRegistratorLib.simulation.pairs import deform_scan  # noqa: E402
 
 SOURCE = REPO.parent / "shared" / "data" / "totalsegmentator" / "example_ct.nii.gz"
@@ -68,6 +72,27 @@ def make_pairs(folder: Path) -> dict[str, tuple[Path, Path]]:
         sitk.WriteImage(sitk.Cast(pair.fixed, sitk.sitkInt16), str(paths["deformed"][0]))
         pair.truth.save(folder / "deformed_truth.h5")
     return paths
+
+
+def result_map(out: Path) -> Transform | None:
+    """The fixed->moving map a run left in ``out``: register's transform.h5 or a baseline's displacement.mha."""
+    if (out / "transform.h5").is_file():
+        return Transform.load(out / "transform.h5")
+    if (out / "displacement.mha").is_file():
+        return Transform.from_field(*image_to_field(sitk.ReadImage(str(out / "displacement.mha"))))
+    return None
+
+
+def body_error(found: Transform, truth_file: Path, fixed: Path, spacing: float = 4.0) -> dict:
+    """Mean and 95th-percentile distance (mm) between a found and the true fixed->moving map at the points
+    of a ``spacing`` mm grid inside the fixed image's body."""
+    scan = preprocess.Scan(sitk.ReadImage(str(fixed)))
+    grid = export_grid(Grid.from_image(scan.image), spacing)
+    body = sitk.GetArrayFromImage(preprocess.resample(scan.mask, grid, labels=True, default=0)) > 0
+    points = grid.world_points(dtype=torch.float64)[0].numpy()[body]
+    distance = np.linalg.norm(found.apply(points) - Transform.load(truth_file).apply(points),
+                              axis=-1)
+    return {"error_mean_mm": float(distance.mean()), "error_p95_mm": float(np.percentile(distance, 95))}
 
 
 def run_register(fixed: Path, moving: Path, out: Path, extra: list[str]) -> dict:
@@ -117,17 +142,22 @@ def main() -> None:
             out = OUT / "runs" / f"{pair}-{method}"
             row = run_register(fixed, moving, out, args.extra) if method == "totalregistrator" \
                 else run_baseline(method, fixed, moving, out)
+            found = result_map(out) if pair == "deformed" else None
+            if found is not None:
+                row.update(body_error(found, OUT / "pairs" / "deformed_truth.h5", fixed))
             rows.append({"pair": pair, "method": method, **row})
             print(json.dumps(rows[-1]), flush=True)
-    print("\n| pair | method | wall s | registration s | peak memory MB | outputs MB | mean displacement mm |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| pair | method | wall s | registration s | peak memory MB | outputs MB | mean displacement mm "
+          "| error mean / p95 mm |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "status" in r:
-            print(f"| {r['pair']} | {r['method']} | {r['status']} |  |  |  |  |")
+            print(f"| {r['pair']} | {r['method']} | {r['status']} |  |  |  |  |  |")
             continue
         print(f"| {r['pair']} | {r['method']} | {r['wall_s']:.1f} | {r['registration_s']:.1f} | "
               f"{r['peak_memory_mb']:.0f} | {r.get('outputs_mb', float('nan')):.0f} | "
-              f"{r.get('displacement_mean_mm', float('nan')):.2f} |")
+              f"{r.get('displacement_mean_mm', float('nan')):.2f} | "
+              f"{r.get('error_mean_mm', float('nan')):.2f} / {r.get('error_p95_mm', float('nan')):.2f} |")
 
 
 if __name__ == "__main__":

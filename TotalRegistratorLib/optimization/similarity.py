@@ -41,12 +41,20 @@ class _BoxSum(torch.autograd.Function):
 
 
 def _box_sum(x: torch.Tensor, radius: int) -> torch.Tensor:
-    size = 2 * radius + 1
+    """Along each axis: the running sum ``c``, then ``c[min(i + r, n - 1)] - c[i - r - 1]`` (0 before the start),
+    written slice by slice into one buffer (no zero-padded copies)."""
     for dim in (2, 3, 4):
-        pad = [0] * (2 * (4 - dim)) + [radius + 1, radius]
-        c = F.pad(x, pad).cumsum(dim)
         n = x.shape[dim]
-        x = c.narrow(dim, size, n) - c.narrow(dim, 0, n)
+        if radius == 0 or n == 1:
+            continue
+        c = x.cumsum(dim)
+        out = torch.empty_like(c)
+        reach = min(radius, n - 1)
+        out.narrow(dim, 0, n - reach).copy_(c.narrow(dim, reach, n - reach))
+        out.narrow(dim, n - reach, reach).copy_(c.narrow(dim, n - 1, 1).expand_as(out.narrow(dim, n - reach, reach)))
+        if n > radius + 1:
+            out.narrow(dim, radius + 1, n - radius - 1).sub_(c.narrow(dim, 0, n - radius - 1))
+        x = out
     return x
 
 
