@@ -45,3 +45,12 @@ def test_nifti_gz_written_in_parallel_reads_back_with_its_geometry(tmp_path):
     plain = tmp_path / "plain.nii"
     sitk.WriteImage(image, str(plain))
     assert gzip.decompress(path.read_bytes()) == plain.read_bytes()  # ITK's own NIfTI bytes, compressed
+
+
+def test_nifti_gz_name_in_capitals_is_written(tmp_path):
+    image = sitk.GetImageFromArray(np.arange(60, dtype=np.int16).reshape(3, 4, 5))
+    path = tmp_path / "WARPED.NII.GZ"
+    images.write_image(image, path)
+    assert os.listdir(tmp_path) == ["WARPED.NII.GZ"]
+    assert np.array_equal(sitk.GetArrayViewFromImage(sitk.ReadImage(str(path), imageIO="NiftiImageIO")),
+                          sitk.GetArrayViewFromImage(image))

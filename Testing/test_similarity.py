@@ -53,6 +53,8 @@ def test_box_sum_equals_zero_padded_convolution(radius):
     got = box_sum(x, radius)
     assert got.shape == x.shape
     torch.testing.assert_close(got, brute_box_sum(x, radius), rtol=0, atol=1e-10)
+    thin = torch.randn(2, 3, 1, 2, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    torch.testing.assert_close(box_sum(thin, radius + 3), brute_box_sum(thin, radius + 3), rtol=0, atol=1e-10)
 
 
 def test_box_sum_counts_the_voxels_inside_the_volume():

@@ -78,8 +78,10 @@ def result_map(out: Path) -> Transform | None:
     """The fixed->moving map a run left in ``out``: register's transform.h5 or a baseline's displacement.mha."""
     if (out / "transform.h5").is_file():
         return Transform.load(out / "transform.h5")
-    if (out / "displacement.mha").is_file():
-        return Transform.from_field(*image_to_field(sitk.ReadImage(str(out / "displacement.mha"))))
+    if (out / "displacement.mha").is_file():  # a dense field on the fixed grid: sampled at 4 mm first
+        field = sitk.ReadImage(str(out / "displacement.mha"))
+        coarse = export_grid(Grid.from_image(field), 4.0)
+        return Transform.from_field(*image_to_field(sitk.Resample(field, coarse.reference_image(field.GetPixelID()))))
     return None
 
 
@@ -142,7 +144,7 @@ def main() -> None:
             out = OUT / "runs" / f"{pair}-{method}"
             row = run_register(fixed, moving, out, args.extra) if method == "totalregistrator" \
                 else run_baseline(method, fixed, moving, out)
-            found = result_map(out) if pair == "deformed" else None
+            found = result_map(out) if pair == "deformed" and "status" not in row else None
             if found is not None:
                 row.update(body_error(found, OUT / "pairs" / "deformed_truth.h5", fixed))
             rows.append({"pair": pair, "method": method, **row})

@@ -16,6 +16,8 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import torch
+
 BLOCK_BYTES = 8 << 20  # uncompressed bytes per independently deflated block
 LEVEL = 1  # zlib level: on CT, level 6 saves about 10 % of the size for 3-4 times the time
 _HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # gzip magic, deflate, no flags, no time, unknown OS
@@ -30,15 +32,16 @@ def _deflate(block: bytes, level: int, last: bool) -> bytes:
 def gzip_file(source: str | os.PathLike, target: str | os.PathLike, level: int = LEVEL,
               threads: int | None = None) -> None:
     """Write ``source``'s bytes gzip-compressed to ``target`` (one gzip member), deflating blocks of
-    :data:`BLOCK_BYTES` on ``threads`` cores (default: all); at most two blocks per thread are in memory."""
-    threads = threads or os.cpu_count() or 1
+    :data:`BLOCK_BYTES` on ``threads`` cores (default: torch's thread count, which ``--threads`` sets); at most
+    ``threads + 1`` blocks are in memory."""
+    threads = threads or torch.get_num_threads()
     size = Path(source).stat().st_size
     crc, done = 0, 0
     with open(source, "rb") as reader, open(target, "wb") as writer, ThreadPoolExecutor(threads) as pool:
         writer.write(_HEADER)
         pending: deque = deque()
         while done < size or pending:
-            while done < size and len(pending) < 2 * threads:
+            while done < size and len(pending) <= threads:
                 block = reader.read(BLOCK_BYTES)
                 if not block:
                     raise OSError(f"{source}: shorter than its size while being compressed")

@@ -130,13 +130,14 @@ _INTEGER_TYPES = {sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16
 def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> None:
     """Write an image atomically; the format follows the extension (.nii.gz, .nrrd, .mha, ...).
 
-    ``.nii.gz`` is written by ITK uncompressed, then gzipped on all cores (:mod:`.compression`).
+    ``.nii.gz`` is written by ITK uncompressed, then gzipped on several cores (:mod:`.compression`); the disk
+    briefly holds both.
     """
     with atomic_path(path) as tmp, messages.library_output():
         if not (compress and tmp.name.lower().endswith(".nii.gz")):
             sitk.WriteImage(image, str(tmp), compress)
             return
-        raw = tmp.with_name(tmp.name[:-3])  # a staging name too: removed if this run is killed
+        raw = tmp.with_name(tmp.name[:-7] + ".nii")  # a staging name too; lower case, as ITK needs
         try:
             sitk.WriteImage(image, str(raw), False)
             compression.gzip_file(raw, tmp)
