@@ -3,6 +3,7 @@ inputs warned about in one line and recorded in the report. Item numbers refer t
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import struct
@@ -61,6 +62,22 @@ def test_truncated_example_ct_is_refused(tmp_path):
     cut = tmp_path / "truncated.nii.gz"
     cut.write_bytes(shared_file("totalsegmentator/example_ct_sm.nii.gz").read_bytes()[:241656])
     assert "truncated" in input_error(cut)
+
+
+def test_corrupt_compressed_nifti_is_refused_not_read_as_wrong_voxels(tmp_path):
+    whole = bytearray(write(torso(GRID), tmp_path / "whole.nii.gz").read_bytes())
+    whole[len(whole) // 2] ^= 0xFF  # one flipped byte: ITK would read wrong voxels without a word
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(bytes(whole))
+    assert "corrupt" in input_error(bad)
+
+
+def test_concatenated_gzip_members_are_one_nifti(tmp_path):
+    plain = write(torso(GRID), tmp_path / "whole.nii").read_bytes()
+    joined = tmp_path / "joined.nii.gz"  # as written by some parallel compressors: members end to end
+    joined.write_bytes(gzip.compress(plain[:1000]) + gzip.compress(plain[1000:]))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(images.read_image(joined)),
+                                  sitk.GetArrayFromImage(images.read_image(tmp_path / "whole.nii")))
 
 
 # --- 3, 15: sheared and degenerate directions, truncated MetaImage: refused in words that say so -----------

@@ -66,8 +66,7 @@ def check_nifti_file(path: Path) -> None:
             header = _nifti_header(handle.read(540), path)
             shape = header.get_data_shape()
             expected = int(header["vox_offset"]) + int(np.prod(shape, dtype=np.int64)) * int(header["bitpix"]) // 8
-            handle.seek(0)
-            available = _readable_bytes(handle, expected)
+        available = _gzip_size(path) if opener is gzip.open else path.stat().st_size
     except EOFError:
         raise InputError(f"{path}: file is truncated (the compressed data ends early)") from None
     except (OSError, zlib.error) as err:
@@ -94,15 +93,27 @@ def _nifti_header(raw: bytes, path: Path):
     raise InputError(f"{path}: cannot read image (not a NIfTI file: header size is not 348 or 540 bytes)")
 
 
-def _readable_bytes(handle, wanted: int) -> int:
-    """How many bytes (up to ``wanted``) can be read; a gzip stream cut short raises EOFError."""
-    count = 0
-    while count < wanted:
-        chunk = handle.read(min(_CHUNK, wanted - count))
-        if not chunk:
-            break
-        count += len(chunk)
-    return count
+def _gzip_size(path: Path) -> int:
+    """Bytes a gzip file decompresses to (not kept), every member's CRC-32 and length checked by zlib, zero
+    padding after the last member allowed; a stream cut short raises EOFError, corrupt data ``zlib.error``."""
+    size, inflater, fed = 0, zlib.decompressobj(16 + zlib.MAX_WBITS), False
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            while chunk:
+                if inflater.eof:  # another member follows (concatenated gzip streams), or padding
+                    chunk = chunk.lstrip(b"\0")
+                    if not chunk:
+                        break
+                    inflater, fed = zlib.decompressobj(16 + zlib.MAX_WBITS), False
+                size += len(inflater.decompress(chunk, _CHUNK))
+                fed = True
+                chunk = inflater.unused_data if inflater.eof else inflater.unconsumed_tail
+    while fed and not inflater.eof:  # output held back by the length limit
+        out = inflater.decompress(b"", _CHUNK)
+        if not out:
+            raise EOFError(f"{path}: compressed data ends early")
+        size += len(out)
+    return size
 
 
 def _orthogonal(linear: np.ndarray) -> bool:
