@@ -2,7 +2,8 @@
 
 Before reading: the path is a readable regular file or folder (not a pipe, device, socket or
 symbolic-link loop, which would block or recurse), and a NIfTI file holds as many data bytes
-as its header promises (ITK reads a cut file as zeros) with a usable header (no zero voxel
+as its header promises (ITK reads a cut file as zeros), compressed ones intact to their
+checksum (ITK reads corrupt data as wrong voxels), with a usable header (no zero voxel
 size, no sheared axes). After reading: voxel axes orthonormal, coordinates where float32 is
 exact to 0.01 mm, label values whole numbers in 0..65535. Each refusal is one
 :class:`InputError` naming the file; questionable inputs that can still be registered
