@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,8 @@ from .outputs import atomic_path
 
 def _read(path: Path) -> sitk.Image:
     """The image at ``path`` (a file, or a folder of one DICOM series), its size checked before its voxels
-    are read (:func:`validation.check_volume_size`)."""
+    are read (:func:`validation.check_volume_size`). A NIfTI file's data is checked
+    (:func:`validation.check_nifti_data`) while ITK reads it, in a second thread, and its refusal wins."""
     if path.is_dir():
         reader = sitk.ImageSeriesReader()
         series = reader.GetGDCMSeriesIDs(str(path))
@@ -35,9 +37,18 @@ def _read(path: Path) -> sitk.Image:
         validation.check_volume_size((*_header(Path(files[0])).GetSize()[:2], len(files)), path)
         reader.SetFileNames(files)
         return reader.Execute()
+    expected = validation.check_nifti_header(path) if validation.is_nifti(path) else None
     reader = _header(path)
     validation.check_volume_size(reader.GetSize(), path)
-    return reader.Execute()
+    if expected is None:
+        return reader.Execute()
+    with ThreadPoolExecutor(1) as pool:
+        checked = pool.submit(validation.check_nifti_data, path, expected)
+        try:
+            image = reader.Execute()
+        finally:
+            checked.result()  # raises the data's refusal, before any error of ITK's
+    return image
 
 
 def _header(path: Path) -> sitk.ImageFileReader:
@@ -54,8 +65,6 @@ def read_volume(path: str | os.PathLike) -> sitk.Image:
     unusable headers (:mod:`.validation`) and images that are not 3D or have several components.
     """
     path = validation.check_input_path(path)
-    if path.is_file() and validation.is_nifti(path):
-        validation.check_nifti_file(path)
     try:
         with messages.library_output() as caught:
             image = _read(path)

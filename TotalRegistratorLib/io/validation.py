@@ -58,22 +58,18 @@ def is_nifti(path: Path) -> bool:
     return path.name.lower().endswith((".nii", ".nii.gz"))
 
 
-def check_nifti_file(path: Path) -> None:
-    """Refuse a NIfTI file whose data is shorter than its header says, or whose header has a zero voxel
-    size or sheared axes (ITK would read zeros, 1 mm or an orthogonalised qform without a word)."""
+def check_nifti_header(path: Path) -> int:
+    """Refuse a NIfTI file whose header has a zero voxel size or sheared axes (ITK would read 1 mm or an
+    orthogonalised qform without a word); return the bytes of header and data the header promises."""
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
         with opener(path, "rb") as handle:
             header = _nifti_header(handle.read(540), path)
-            shape = header.get_data_shape()
-            expected = int(header["vox_offset"]) + int(np.prod(shape, dtype=np.int64)) * int(header["bitpix"]) // 8
-        available = _gzip_size(path) if opener is gzip.open else path.stat().st_size
     except EOFError:
         raise InputError(f"{path}: file is truncated (the compressed data ends early)") from None
     except (OSError, zlib.error) as err:
         raise InputError(f"{path}: cannot read image (corrupt: {str(err)[:120]})") from None
-    if available < expected:
-        raise InputError(f"{path}: file is truncated ({available} of {expected} bytes of header and data)")
+    shape = header.get_data_shape()
     pixdim = np.asarray(header["pixdim"][1:4], float)
     if len(shape) >= 3 and not (np.isfinite(pixdim).all() and (pixdim != 0).all()):
         raise InputError(f"{path}: header gives voxel size {pixdim.tolist()} mm (pixdim); the spacing is unknown")
@@ -82,6 +78,20 @@ def check_nifti_file(path: Path) -> None:
         if code and matrix is not None and not _orthogonal(matrix[:3, :3]):
             raise InputError(f"{path}: voxel axes in the header ({kind}) are sheared (not orthogonal); "
                              "resample the image onto an orthogonal grid first")
+    return int(header["vox_offset"]) + int(np.prod(shape, dtype=np.int64)) * int(header["bitpix"]) // 8
+
+
+def check_nifti_data(path: Path, expected: int) -> None:
+    """Refuse a NIfTI file holding fewer than ``expected`` bytes (ITK would read the rest as zeros), or a
+    compressed one that fails its checksum (ITK would read wrong voxels)."""
+    try:
+        available = _gzip_size(path) if path.name.lower().endswith(".gz") else path.stat().st_size
+    except EOFError:
+        raise InputError(f"{path}: file is truncated (the compressed data ends early)") from None
+    except (OSError, zlib.error) as err:
+        raise InputError(f"{path}: cannot read image (corrupt: {str(err)[:120]})") from None
+    if available < expected:
+        raise InputError(f"{path}: file is truncated ({available} of {expected} bytes of header and data)")
 
 
 def _nifti_header(raw: bytes, path: Path):
