@@ -12,12 +12,14 @@ exact to 0.01 mm, label values whole numbers in 0..65535. Each refusal is one
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import io
 import os
 import stat
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -61,14 +63,8 @@ def is_nifti(path: Path) -> bool:
 def check_nifti_header(path: Path) -> int:
     """Refuse a NIfTI file whose header has a zero voxel size or sheared axes (ITK would read 1 mm or an
     orthogonalised qform without a word); return the bytes of header and data the header promises."""
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    try:
-        with opener(path, "rb") as handle:
-            header = _nifti_header(handle.read(540), path)
-    except EOFError:
-        raise InputError(f"{path}: file is truncated (the compressed data ends early)") from None
-    except (OSError, zlib.error) as err:
-        raise InputError(f"{path}: cannot read image (corrupt: {str(err)[:120]})") from None
+    with _reading(path), (gzip.open if _compressed(path) else open)(path, "rb") as handle:
+        header = _nifti_header(handle.read(540), path)
     shape = header.get_data_shape()
     pixdim = np.asarray(header["pixdim"][1:4], float)
     if len(shape) >= 3 and not (np.isfinite(pixdim).all() and (pixdim != 0).all()):
@@ -84,14 +80,25 @@ def check_nifti_header(path: Path) -> int:
 def check_nifti_data(path: Path, expected: int) -> None:
     """Refuse a NIfTI file holding fewer than ``expected`` bytes (ITK would read the rest as zeros), or a
     compressed one that fails its checksum (ITK would read wrong voxels)."""
+    with _reading(path):
+        available = _gzip_size(path) if _compressed(path) else path.stat().st_size
+    if available < expected:
+        raise InputError(f"{path}: file is truncated ({available} of {expected} bytes of header and data)")
+
+
+def _compressed(path: Path) -> bool:
+    return path.name.lower().endswith(".gz")
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Turn a gzip stream cut short, corrupt data or an OS error while reading ``path`` into one-line refusals."""
     try:
-        available = _gzip_size(path) if path.name.lower().endswith(".gz") else path.stat().st_size
+        yield
     except EOFError:
         raise InputError(f"{path}: file is truncated (the compressed data ends early)") from None
     except (OSError, zlib.error) as err:
         raise InputError(f"{path}: cannot read image (corrupt: {str(err)[:120]})") from None
-    if available < expected:
-        raise InputError(f"{path}: file is truncated ({available} of {expected} bytes of header and data)")
 
 
 def _nifti_header(raw: bytes, path: Path):

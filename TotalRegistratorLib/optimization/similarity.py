@@ -51,7 +51,7 @@ def _box_sum(x: torch.Tensor, radius: int) -> torch.Tensor:
         out = torch.empty_like(c)
         reach = min(radius, n - 1)
         out.narrow(dim, 0, n - reach).copy_(c.narrow(dim, reach, n - reach))
-        out.narrow(dim, n - reach, reach).copy_(c.narrow(dim, n - 1, 1).expand_as(out.narrow(dim, n - reach, reach)))
+        out.narrow(dim, n - reach, reach).copy_(c.narrow(dim, n - 1, 1))  # broadcast: the total, past the end
         if n > radius + 1:
             out.narrow(dim, radius + 1, n - radius - 1).sub_(c.narrow(dim, 0, n - radius - 1))
         x = out
