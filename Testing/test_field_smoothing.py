@@ -1,11 +1,14 @@
-"""The optimiser's field low-pass: two 3-voxel box averages in one separable pass, edges replicated."""
+"""The optimiser's field low-pass (two 3-voxel box averages in one separable pass, edges replicated) and its
+upsampling of the field to the image grid (trilinear, as F.interpolate with align_corners=True)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from TotalRegistratorLib.optimization.optimizer import smooth_field
+from TotalRegistratorLib.core.grid import Grid
+from TotalRegistratorLib.optimization.optimizer import smooth_field, upsample
 
 
 def test_interior_equals_two_box_averages_and_constants_survive_at_the_edges():
@@ -24,3 +27,17 @@ def test_interior_equals_two_box_averages_and_constants_survive_at_the_edges():
     assert torch.allclose(out[:, :, 2:-2], ramp[:, :, 2:-2])
     out.sum().backward()
     assert (ramp.grad > 0).all()
+
+
+@pytest.mark.parametrize("source, target", [((5, 1, 7), (9, 3, 13)), ((2, 3, 4), (5, 5, 5)), ((4, 6, 5), (4, 11, 9))])
+def test_upsampling_equals_trilinear_interpolation_forward_and_backward(source, target):
+    field = torch.randn(2, 3, *source, dtype=torch.float64, generator=torch.Generator().manual_seed(1),
+                        requires_grad=True)
+    grid = Grid(target[::-1], (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    weight = torch.randn(2, 3, *target, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    expected = F.interpolate(field, size=target, mode="trilinear", align_corners=True)
+    (expected_grad,) = torch.autograd.grad((expected * weight).sum(), field)
+    got = upsample(field, grid)
+    (got_grad,) = torch.autograd.grad((got * weight).sum(), field)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(got_grad, expected_grad, rtol=0, atol=1e-12)

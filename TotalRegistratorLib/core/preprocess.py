@@ -104,13 +104,19 @@ def resample(image: sitk.Image, grid: Grid, labels: bool = False, default: float
     (Gaussian, sigma = half the target spacing), so downsampling does not alias.
     """
     if not labels:
-        source = np.asarray(image.GetSpacing())
-        target = min(grid.spacing)
-        if target > 1.5 * source.min():
-            sigma = np.sqrt(np.maximum((target / 2) ** 2 - (source / 2) ** 2, 0.0))
-            image = sitk.SmoothingRecursiveGaussian(image, [float(s) for s in np.maximum(sigma, 1e-3)])
+        image = antialiased(image, min(grid.spacing))
     return sitk.Resample(image, grid.reference_image(image.GetPixelID()), transform or sitk.Transform(),
                          sitk.sitkNearestNeighbor if labels else sitk.sitkLinear, default, image.GetPixelID())
+
+
+def antialiased(image: sitk.Image, spacing: float) -> sitk.Image:
+    """``image`` smoothed for sampling at ``spacing`` mm (Gaussian, sigma = half of it, less the image's own
+    half spacing per axis); itself when ``spacing`` is under 1.5 times its finest spacing."""
+    source = np.asarray(image.GetSpacing())
+    if spacing <= 1.5 * source.min():
+        return image
+    sigma = np.sqrt(np.maximum((spacing / 2) ** 2 - (source / 2) ** 2, 0.0))
+    return sitk.SmoothingRecursiveGaussian(image, [float(s) for s in np.maximum(sigma, 1e-3)])
 
 
 def binned(image: sitk.Image, spacing: float) -> sitk.Image:
@@ -147,6 +153,9 @@ class Scan:
         return self.image if fine else self.preview
 
 
+DETAIL_RATIO = 0.8  # a preview whose coarsest spacing is at most this fraction of the working one is "finer"
+
+
 @dataclass
 class Prepared:
     """A CT scan cropped to the body on a working grid, as a [1, 1, K, J, I] tensor in [0, 1]."""
@@ -155,12 +164,15 @@ class Prepared:
     grid: Grid
     centroid: np.ndarray  # body centroid on the working grid, LPS mm
     domain: Grid  # the original image's grid (its field of view)
+    # the same content on the preview's own finer lattice (see :func:`detail`), or None
+    detail: tuple[torch.Tensor, Grid] | None = None
 
 
-def prepare(scan: Scan, grid_for: Callable[[Scan], Grid], device="cpu") -> Prepared:
+def prepare(scan: Scan, grid_for: Callable[[Scan], Grid], device="cpu", keep_detail: bool = False) -> Prepared:
     """Crop ``scan`` to its body and resample it onto ``grid_for(scan)`` (e.g. :func:`network_grid`).
 
-    Voxels outside the body (table, air, clothing) are set to air before resampling.
+    Voxels outside the body (table, air, clothing) are set to air before resampling. With ``keep_detail``
+    and a preview finer than the grid, :attr:`Prepared.detail` holds :func:`detail` too.
     """
     grid = grid_for(scan)
     source = scan.source_for(grid)
@@ -171,7 +183,31 @@ def prepare(scan: Scan, grid_for: Callable[[Scan], Grid], device="cpu") -> Prepa
     mask_on_grid = sitk.GetArrayFromImage(resample(scan.mask, grid, labels=True, default=0))
     # centroid from the resampled mask, so a scan stored in another orientation gives the same input
     centroid = grid.transform_indices(np.argwhere(mask_on_grid)[:, ::-1].mean(axis=0))
-    return Prepared(_as_tensor(normalize_intensity(on_grid), device), grid, centroid, Grid.from_image(scan.image))
+    finer = max(scan.preview.GetSpacing()) <= DETAIL_RATIO * min(grid.spacing)
+    return Prepared(_as_tensor(normalize_intensity(on_grid), device), grid, centroid, Grid.from_image(scan.image),
+                    detail(scan, grid, device) if keep_detail and finer else None)
+
+
+def detail(scan: Scan, grid: Grid, device="cpu") -> tuple[torch.Tensor, Grid]:
+    """``scan``'s preview masked to the body and smoothed to ``grid``'s resolution as :func:`resample` smooths,
+    on its own lattice (cropped to ``grid``'s box, voxel axes turned to LPS), as a [1, 1, K, J, I] tensor in
+    [0, 1] and its grid.
+
+    Sampled directly, this is interpolated once; the working-grid tensor, sampled again, twice, with a blur
+    that depends on the two lattices' offset, which the optimiser fits as a spurious sub-millimetre
+    deformation between two resamplings of one scan.
+    """
+    preview = Grid.from_image(scan.preview)
+    reach = 2.0 * max(grid.spacing)  # mm of context beyond the box for the smoothing
+    corners = preview.transform_points(grid.corners())
+    lower = np.clip(np.floor(corners.min(axis=0) - reach / np.asarray(preview.spacing)), 0, None).astype(int)
+    upper = np.minimum(np.ceil(corners.max(axis=0) + reach / np.asarray(preview.spacing)),
+                       np.asarray(preview.size) - 1).astype(int)
+    size, index = [int(n) for n in upper - lower + 1], [int(i) for i in lower]
+    region = sitk.RegionOfInterest(scan.preview, size, index)
+    cropped = sitk.Mask(region, sitk.RegionOfInterest(scan.mask, size, index), outsideValue=HU_RANGE[0])
+    smooth = sitk.DICOMOrient(antialiased(sitk.Cast(cropped, sitk.sitkFloat32), min(grid.spacing)), "LPS")
+    return _as_tensor(normalize_intensity(sitk.GetArrayFromImage(smooth)), device), Grid.from_image(smooth)
 
 
 def _as_tensor(array: np.ndarray, device) -> torch.Tensor:

