@@ -383,3 +383,29 @@ def test_reports_are_strict_json():
     text = outputs.to_json(report)
     assert json.loads(text) == {"dice": {"1": 0.5, "2": None}, "n": 3, "path": "a/b", "values": [1.0, None]}
     assert "NaN" not in text and "Infinity" not in text
+
+
+def test_detail_is_the_working_content_on_the_scans_own_finer_lattice_in_lps_order():
+    """A fine oblique scan's detail: its smoothed, body-masked preview, voxel axes turned to LPS, around the
+    working box; sampled at the working grid's points it gives the working tensor (the same content)."""
+    direction = rotation("z", 90)  # the scan stores x along -j: its detail must come out in LPS order
+    grid = Grid((130, 170, 90), (1.5, 1.5, 1.5), (126.75, -96.75, -60.0), tuple(direction.ravel()))
+    scan = preprocess.Scan(torso(grid))
+    working = preprocess.body_grid(scan.mask, spacing=4.0, margin=8.0)
+    prepared = preprocess.prepare(scan, lambda _: working, keep_detail=True)
+    tensor, detail_grid = prepared.detail
+    np.testing.assert_allclose(detail_grid.direction_matrix, np.eye(3), atol=1e-12)
+    assert tensor.shape[2:] == detail_grid.shape and max(detail_grid.spacing) < 0.8 * 4.0
+    # it covers the working box where the scan has data (the body runs out of the scan along z)
+    lower = np.maximum(working.corners().min(axis=0), grid.corners().min(axis=0))
+    upper = np.minimum(working.corners().max(axis=0), grid.corners().max(axis=0))
+    assert np.all(detail_grid.corners().min(axis=0) <= lower + 1e-6)
+    assert np.all(detail_grid.corners().max(axis=0) >= upper - 1e-6)
+    sampled = fields.sample(tensor, detail_grid, working.world_points())
+    body = torch.as_tensor(sitk.GetArrayFromImage(preprocess.resample(scan.mask, working, labels=True)) > 0)
+    difference = (sampled - prepared.tensor)[0, 0][body].abs()
+    assert difference.mean() < 0.005 and difference.max() < 0.1  # [0, 1] = 2000 HU: 10 HU mean
+    # no detail without asking, or when the scan is not finer than the working grid
+    assert preprocess.prepare(scan, lambda _: working).detail is None
+    close = preprocess.body_grid(scan.mask, spacing=1.8)  # the 1.5 mm preview is not 0.8 x finer
+    assert preprocess.prepare(scan, lambda _: close, keep_detail=True).detail is None
