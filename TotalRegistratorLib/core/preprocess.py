@@ -111,7 +111,7 @@ def resample(image: sitk.Image, grid: Grid, labels: bool = False, default: float
 
 def antialiased(image: sitk.Image, spacing: float) -> sitk.Image:
     """``image`` smoothed for sampling at ``spacing`` mm (Gaussian, sigma = half of it, less the image's own
-    half spacing per axis); itself when ``spacing`` is under 1.5 times its finest spacing."""
+    half spacing per axis); itself when ``spacing`` is at most 1.5 times its finest spacing."""
     source = np.asarray(image.GetSpacing())
     if spacing <= 1.5 * source.min():
         return image
@@ -207,7 +207,7 @@ def detail(scan: Scan, grid: Grid, device="cpu") -> tuple[torch.Tensor, Grid]:
     region = sitk.RegionOfInterest(scan.preview, size, index)
     cropped = sitk.Mask(region, sitk.RegionOfInterest(scan.mask, size, index), outsideValue=HU_RANGE[0])
     smooth = sitk.DICOMOrient(antialiased(sitk.Cast(cropped, sitk.sitkFloat32), min(grid.spacing)), "LPS")
-    return _as_tensor(normalize_intensity(sitk.GetArrayFromImage(smooth)), device), Grid.from_image(smooth)
+    return _as_tensor(normalize_intensity(sitk.GetArrayViewFromImage(smooth)), device), Grid.from_image(smooth)
 
 
 def _as_tensor(array: np.ndarray, device) -> torch.Tensor:
