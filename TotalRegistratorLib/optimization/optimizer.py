@@ -36,6 +36,7 @@ from ..core.transform import Transform
 from ..errors import InputError
 from ..registry import DEFAULT_AFFINE_ITERATIONS, DEFAULT_ITERATIONS, DEFAULT_SIMILARITY, SIMILARITIES
 from . import alignment
+from .adam import Adam
 from .levels import Level, Similarity, build_levels, masked_loss, sees_moving, step_loss, warp
 from .regularization import diffusion
 
@@ -191,7 +192,7 @@ def _affine_stage(levels: dict[int, Level], fixed: Prepared, moving: Prepared, s
     centre = fixed.centroid if start is None else moving.centroid
     linear = torch.zeros(3, 3, requires_grad=True)
     shift = torch.zeros(3, requires_grad=True)  # in dm: an Adam step of 0.01 moves about 1 mm
-    optimizer = torch.optim.Adam([linear, shift], lr=settings.affine_learning_rate, eps=1e-5)
+    optimizer = Adam([linear, shift], lr=settings.affine_learning_rate, eps=1e-5)
     total, done = sum(settings.affine_iterations), 0
     for factor, iterations in zip(settings.affine_levels, settings.affine_iterations):
         level = levels[factor]
@@ -230,7 +231,7 @@ def _deformable_stage(levels: dict[int, Level], fixed: Prepared, moving: Prepare
         residual_grid = param_grid
         # Adam ignores gradient size; scaling the mean loss by the voxel count and a finite eps make
         # directions with gradients far below the image signal (flat or unseen regions) stand still.
-        optimizer = torch.optim.Adam([residual], lr=settings.learning_rate, eps=settings.adam_eps)
+        optimizer = Adam([residual], lr=settings.learning_rate, eps=settings.adam_eps)
         scale = float(residual[0, 0].numel())
         base_points = base.points(level.grid, device)
         for step in range(iterations):
@@ -251,15 +252,14 @@ def _deformable_stage(levels: dict[int, Level], fixed: Prepared, moving: Prepare
     return base if residual is None else base.plus(residual, residual_grid)
 
 
-def anneal(optimizer: torch.optim.Optimizer, peak: float, step: int, total: int, floor: float = 0.05) -> None:
+def anneal(optimizer: Adam, peak: float, step: int, total: int, floor: float = 0.05) -> None:
     """Cosine learning-rate decay from ``peak`` to ``floor * peak`` over a level.
 
     Adam's steps do not shrink with the gradient, so with a constant rate the
     parameters keep oscillating by about one step around the optimum.
     """
     fraction = step / max(total - 1, 1)
-    for group in optimizer.param_groups:
-        group["lr"] = peak * (floor + (1 - floor) * 0.5 * (1 + np.cos(np.pi * fraction)))
+    optimizer.lr = peak * (floor + (1 - floor) * 0.5 * (1 + np.cos(np.pi * fraction)))
 
 
 def upsample(field: torch.Tensor, grid: Grid) -> torch.Tensor:
