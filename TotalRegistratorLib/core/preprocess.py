@@ -147,13 +147,13 @@ class Scan:
         """The body mask (:func:`body_mask`) on the preview's grid, uint8 0/1."""
         return mask_to_image(body_mask(self.preview, name=self.name), self.preview)
 
+    def preview_finer_than(self, grid: Grid) -> bool:
+        """Whether the preview's coarsest spacing is at most 0.8 x ``grid``'s finest: it holds ``grid``'s detail."""
+        return max(self.preview.GetSpacing()) <= 0.8 * min(grid.spacing)
+
     def source_for(self, grid: Grid) -> sitk.Image:
         """The image to resample onto ``grid``: the preview unless ``grid`` is finer than it."""
-        fine = max(self.preview.GetSpacing()) > 0.8 * min(grid.spacing)
-        return self.image if fine else self.preview
-
-
-DETAIL_RATIO = 0.8  # a preview whose coarsest spacing is at most this fraction of the working one is "finer"
+        return self.preview if self.preview_finer_than(grid) else self.image
 
 
 @dataclass
@@ -183,13 +183,14 @@ def prepare(scan: Scan, grid_for: Callable[[Scan], Grid], device="cpu", keep_det
     mask_on_grid = sitk.GetArrayFromImage(resample(scan.mask, grid, labels=True, default=0))
     # centroid from the resampled mask, so a scan stored in another orientation gives the same input
     centroid = grid.transform_indices(np.argwhere(mask_on_grid)[:, ::-1].mean(axis=0))
-    finer = max(scan.preview.GetSpacing()) <= DETAIL_RATIO * min(grid.spacing)
+    # a preview finer than the grid is the source, already masked to the body: ``cropped``
+    keep = keep_detail and scan.preview_finer_than(grid)
     return Prepared(_as_tensor(normalize_intensity(on_grid), device), grid, centroid, Grid.from_image(scan.image),
-                    detail(scan, grid, device) if keep_detail and finer else None)
+                    detail(cropped, grid, device) if keep else None)
 
 
-def detail(scan: Scan, grid: Grid, device="cpu") -> tuple[torch.Tensor, Grid]:
-    """``scan``'s preview masked to the body and smoothed to ``grid``'s resolution as :func:`resample` smooths,
+def detail(masked: sitk.Image, grid: Grid, device="cpu") -> tuple[torch.Tensor, Grid]:
+    """A scan's preview ``masked`` to the body, smoothed to ``grid``'s resolution as :func:`resample` smooths,
     on its own lattice (cropped to ``grid``'s box, voxel axes turned to LPS), as a [1, 1, K, J, I] tensor in
     [0, 1] and its grid.
 
@@ -197,16 +198,15 @@ def detail(scan: Scan, grid: Grid, device="cpu") -> tuple[torch.Tensor, Grid]:
     that depends on the two lattices' offset, which the optimiser fits as a spurious sub-millimetre
     deformation between two resamplings of one scan.
     """
-    preview = Grid.from_image(scan.preview)
+    preview = Grid.from_image(masked)
     reach = 2.0 * max(grid.spacing)  # mm of context beyond the box for the smoothing
     corners = preview.transform_points(grid.corners())
     lower = np.clip(np.floor(corners.min(axis=0) - reach / np.asarray(preview.spacing)), 0, None).astype(int)
     upper = np.minimum(np.ceil(corners.max(axis=0) + reach / np.asarray(preview.spacing)),
                        np.asarray(preview.size) - 1).astype(int)
     size, index = [int(n) for n in upper - lower + 1], [int(i) for i in lower]
-    region = sitk.RegionOfInterest(scan.preview, size, index)
-    cropped = sitk.Mask(region, sitk.RegionOfInterest(scan.mask, size, index), outsideValue=HU_RANGE[0])
-    smooth = sitk.DICOMOrient(antialiased(sitk.Cast(cropped, sitk.sitkFloat32), min(grid.spacing)), "LPS")
+    region = sitk.Cast(sitk.RegionOfInterest(masked, size, index), sitk.sitkFloat32)
+    smooth = sitk.DICOMOrient(antialiased(region, min(grid.spacing)), "LPS")
     return _as_tensor(normalize_intensity(sitk.GetArrayViewFromImage(smooth)), device), Grid.from_image(smooth)
 
 
