@@ -15,6 +15,7 @@ import torch
 from ..core import fields
 from ..core.grid import Grid
 from ..core.preprocess import Prepared
+from ..core.sampling import Sampler
 from ..registry import SIMILARITY_TABLE
 from . import similarity
 
@@ -30,8 +31,7 @@ class Level:
 
     grid: Grid
     fixed: torch.Tensor
-    moving: torch.Tensor
-    moving_grid: Grid
+    moving: Sampler  # the moving features, sampled at LPS points
     fixed_statistics: tuple | None
     fixed_valid: torch.Tensor  # [1, K, J, I] bool: similarity windows inside the fixed field of view
 
@@ -109,14 +109,14 @@ def build_levels(fixed: Prepared, moving: Prepared, factors, sim: Similarity) ->
         fixed_features = sim.features(fixed_image)
         in_view = fields.inside(grid.world_points(fixed_image.device), fixed.domain, margin=FOV_TOLERANCE)
         fixed_valid = erode(in_view, sim.reach)
-        levels[f] = Level(grid, fixed_features, sim.features(moving_image), moving_grid,
+        levels[f] = Level(grid, fixed_features, Sampler(sim.features(moving_image), moving_grid),
                           sim.fixed_statistics(fixed_features), fixed_valid)
     return levels
 
 
 def warp(level: Level, points: torch.Tensor) -> torch.Tensor:
     """The moving features at ``points`` (LPS mm, one per fixed voxel of ``level.grid``)."""
-    return fields.sample(level.moving, level.moving_grid, points)
+    return level.moving(points)
 
 
 def sees_moving(points: torch.Tensor, domain: Grid, sim: Similarity) -> torch.Tensor:

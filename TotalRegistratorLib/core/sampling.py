@@ -1,0 +1,86 @@
+"""Differentiable trilinear sampling of an image at LPS points: the optimiser's innermost operation.
+
+:class:`Sampler` returns what :func:`~TotalRegistratorLib.core.fields.sample` returns (trilinear, zeros
+outside the grid, voxel centres at the grid's points) and the same gradient with respect to the points.
+For a one-channel image it keeps, for every voxel, the four corners of its cell that share its x index
+(16 bytes a voxel, 4 times the image); the next voxel's four follow in memory, so the eight corners of a
+sample are one 32-byte row gather. Seven linear interpolations give the value, and the gradient comes
+from the same corners in the same pass: on the CPU, about twice as fast as ``grid_sample`` with its
+backward pass on clinical grids. Several channels (MIND features) go through ``grid_sample``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import fields
+from .grid import Grid, matrix_apply
+
+PAD = 2  # zero voxels before each axis: a point clamped to index -PAD sees only zeros, value and gradient
+
+
+class Sampler:
+    """``image`` [1, C, K, J, I] on ``grid``, sampled at LPS points [1, ..., 3] (mm) as [1, C, ...]."""
+
+    def __init__(self, image: torch.Tensor, grid: Grid):
+        if image.shape[0] != 1:
+            raise ValueError(f"Sampler takes one image, got a batch of {image.shape[0]}")
+        self.grid = grid
+        self.image = image if image.shape[1] > 1 else None
+        self.corners = _corner_rows(image[0, 0]) if image.shape[1] == 1 else None
+        shifted = np.eye(4)
+        shifted[:3, 3] = PAD
+        self._to_padded = shifted @ grid.world_to_index  # LPS mm -> index into the zero-padded image
+
+    def __call__(self, points: torch.Tensor) -> torch.Tensor:
+        if self.corners is None:
+            return fields.sample(self.image, self.grid, points)
+        index = matrix_apply(self._to_padded, points.reshape(-1, 3))
+        values = _Trilinear.apply(index, self.corners, self.grid.shape)
+        return values.reshape(1, 1, *points.shape[1:-1])
+
+
+def _corner_rows(image: torch.Tensor) -> torch.Tensor:
+    """[R, 8], R = (K + PAD + 1) (J + PAD + 1) (I + PAD + 1): row r holds the corners (dx, dz, dy) in {0, 1}^3 of
+    the cell at voxel r of ``image`` [K, J, I] zero-padded by PAD before and 2 after each axis. Stored as
+    four values (dz, dy) a voxel; row r is a view of voxel r's four and voxel r + 1's (its x neighbour)."""
+    padded = F.pad(image, (PAD, 2) * 3)
+    k, j, i = (n + PAD + 1 for n in image.shape)
+    four = torch.stack([padded[dz:dz + k, dy:dy + j, :i + 1] for dz in (0, 1) for dy in (0, 1)], dim=-1)
+    four = four.reshape(-1, 4)
+    return four.as_strided((four.shape[0] - 1, 8), (4, 1))
+
+
+class _Trilinear(torch.autograd.Function):
+    """Trilinear values at indices [M, 3] (i, j, k) into the zero-padded image (``shape``: the image's K, J, I)
+    stored as :func:`_corner_rows`; the backward pass multiplies by the value's gradient from the forward one."""
+
+    @staticmethod
+    def forward(ctx, index: torch.Tensor, corners: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+        k, j, i = shape
+        high = torch.tensor([i, j, k], dtype=index.dtype, device=index.device) + PAD
+        x = index.clamp(torch.zeros_like(high), high)  # beyond, every corner is padding: value and gradient 0
+        w = torch.frac(x)
+        strides = torch.tensor([1, i + PAD + 2, (i + PAD + 2) * (j + PAD + 1)], dtype=torch.float64,
+                               device=index.device)
+        row = torch.mv((x - w).double(), strides).int()
+        c = corners.index_select(0, row).view(-1, 2, 2, 2)  # [M, dx, dz, dy]
+        wx, wy, wz = w[:, 0, None, None], w[:, 1, None], w[:, 2]
+        along_x = c[:, 1] - c[:, 0]  # [M, dz, dy]
+        cx = c[:, 0] + wx * along_x
+        along_y = cx[..., 1] - cx[..., 0]  # [M, dz]
+        cy = cx[..., 0] + wy * along_y
+        along_z = cy[:, 1] - cy[:, 0]
+        value = cy[:, 0] + wz * along_z
+        dx_y = along_x[..., 0] + wy * (along_x[..., 1] - along_x[..., 0])  # [M, dz]
+        gradient = torch.stack([dx_y[:, 0] + wz * (dx_y[:, 1] - dx_y[:, 0]),
+                                along_y[:, 0] + wz * (along_y[:, 1] - along_y[:, 0]), along_z], dim=1)
+        ctx.save_for_backward(gradient)
+        return value
+
+    @staticmethod
+    def backward(ctx, grad_value: torch.Tensor):
+        (gradient,) = ctx.saved_tensors
+        return grad_value[:, None] * gradient, None, None
