@@ -407,6 +407,21 @@ def test_questionable_input_warning_reaches_stderr_and_report(pair, tmp_path):
     assert report["warnings"] == [warnings[0].removeprefix(WARNING_PREFIX)]
 
 
+def test_warnings_about_both_scans_come_fixed_first(pair, tmp_path):
+    """The moving scan is read in another thread while the fixed one is; its warnings still come second."""
+    eight_bit = {}
+    for role in ("fixed", "moving"):
+        image = sitk.Clamp(sitk.ReadImage(str(pair[role])) + 1000.0, lowerBound=0, upperBound=255)
+        eight_bit[role] = write(sitk.Cast(image, sitk.sitkUInt8), tmp_path / f"{role}_uint8.nii.gz")
+    result = run_cli(["register", eight_bit["fixed"], eight_bit["moving"], "-o", tmp_path / "out", *FAST])
+    assert result.returncode == 0, result.stderr[-2000:]
+    warnings = result.stderr.strip().splitlines()
+    assert len(warnings) == 2 and all("8-bit" in line for line in warnings), warnings
+    assert "fixed_uint8" in warnings[0] and "moving_uint8" in warnings[1], warnings
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["warnings"] == [line.removeprefix(WARNING_PREFIX) for line in warnings]
+
+
 def test_zero_voxel_size_in_a_nifti_header_is_refused(tmp_path):
     path = write(torso(GRID), tmp_path / "zero.nii")
     data = bytearray(path.read_bytes())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,6 +86,23 @@ def run_register_job(job: RegisterJob, progress: Progress | None = None) -> dict
         return _run(job, progress, warned)
 
 
+def _read_scan(path: Path) -> tuple[Scan, list[str]]:
+    """The scan at ``path``, its body mask found when it can be (for another thread; refusals of the mask
+    are raised where the caller asks for it), and the warnings its reading raised, not yet issued."""
+    with messages.deferred_warnings() as warned:
+        scan = Scan(images.read_image(path), str(path))
+    _mask_if_usable(scan)
+    return scan, warned
+
+
+def _mask_if_usable(scan: Scan) -> None:
+    """Find ``scan``'s body mask now when it has one; a refusal is raised again when it is asked for."""
+    try:
+        _ = scan.mask
+    except InputError:
+        pass
+
+
 def earlier_outputs(folder: Path) -> list[str]:
     """The files that the earlier run's ``report.json`` in ``folder`` says it wrote (for replacing them)."""
     try:
@@ -97,9 +115,14 @@ def earlier_outputs(folder: Path) -> list[str]:
 def _run(job: RegisterJob, progress: Progress | None, warned: list[str]) -> dict:
     clock = time.perf_counter()
     chosen = job.chosen_outputs()
-    fixed = Scan(images.read_image(job.fixed), str(job.fixed))
-    validation.check_grid_options(fixed.image, job.fixed, job.settings.spacing, job.export_spacing)
-    moving = Scan(images.read_image(job.moving), str(job.moving))
+    with ThreadPoolExecutor(1) as pool:  # the moving scan is read (and masked) while the fixed one is
+        reading = pool.submit(_read_scan, job.moving)
+        fixed = Scan(images.read_image(job.fixed), str(job.fixed))
+        validation.check_grid_options(fixed.image, job.fixed, job.settings.spacing, job.export_spacing)
+        _mask_if_usable(fixed)
+        moving, moving_warnings = reading.result()
+    for message in moving_warnings:  # after the fixed scan's, as if read one after the other
+        messages.warn(message)
     label_maps = None
     if job.fixed_labels is not None:
         label_maps = (images.read_image(job.fixed_labels, labels=True),

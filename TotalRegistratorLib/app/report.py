@@ -44,13 +44,16 @@ def image_similarity(fixed: Scan, moving: Scan, transform: sitk.Transform, grid:
     """Local NCC (radius 2, in [0, 1], higher is better) of the fixed image with the moving image before
     (identity) and after (``transform``) registration, evaluated on ``grid`` from the scans' previews,
     averaged over ``body`` ([K, J, I] bool on ``grid``: the anatomy, not the noise of the air around it)."""
-    def on_grid(scan: Scan, through: sitk.Transform | None = None) -> torch.Tensor:
-        array = sitk.GetArrayFromImage(preprocess.resample(scan.preview, grid, transform=through))
+    def smoothed(scan: Scan) -> sitk.Image:
+        return preprocess.antialiased(scan.preview, min(grid.spacing))
+
+    def on_grid(image: sitk.Image, through: sitk.Transform | None = None) -> torch.Tensor:
+        array = sitk.GetArrayFromImage(preprocess.resample(image, grid, transform=through, antialias=False))
         return preprocess.normalize_intensity(torch.as_tensor(array)[None, None].float())
 
-    target = on_grid(fixed)
+    target, moving_image = on_grid(smoothed(fixed)), smoothed(moving)  # the moving scan smoothed once for both
     mask = None if body is None else torch.as_tensor(body)[None, None].float()
-    return {name: float(-similarity.local_ncc(target, on_grid(moving, through), mask, radius=2))
+    return {name: float(-similarity.local_ncc(target, on_grid(moving_image, through), mask, radius=2))
             for name, through in (("before", None), ("after", transform))}
 
 

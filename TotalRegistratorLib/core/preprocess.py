@@ -97,13 +97,14 @@ def normalize_intensity(hu: np.ndarray | torch.Tensor):
 
 
 def resample(image: sitk.Image, grid: Grid, labels: bool = False, default: float = HU_RANGE[0],
-             transform: sitk.Transform | None = None) -> sitk.Image:
+             transform: sitk.Transform | None = None, antialias: bool = True) -> sitk.Image:
     """Resample onto ``grid`` (linear, or nearest for labels) through ``transform`` (identity if None).
 
     Images are smoothed first where the target is coarser than the source
-    (Gaussian, sigma = half the target spacing), so downsampling does not alias.
+    (Gaussian, sigma = half the target spacing), so downsampling does not alias;
+    ``antialias=False`` when the caller has smoothed ``image`` already (:func:`antialiased`).
     """
-    if not labels:
+    if not labels and antialias:
         image = antialiased(image, min(grid.spacing))
     return sitk.Resample(image, grid.reference_image(image.GetPixelID()), transform or sitk.Transform(),
                          sitk.sitkNearestNeighbor if labels else sitk.sitkLinear, default, image.GetPixelID())

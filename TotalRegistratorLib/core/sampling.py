@@ -68,15 +68,14 @@ class _Trilinear(torch.autograd.Function):
         row = torch.mv((x - w).double(), strides).int()
         c = corners.index_select(0, row).view(-1, 2, 2, 2)  # [M, dx, dz, dy]
         wx, wy, wz = w[:, 0, None, None], w[:, 1, None], w[:, 2]
-        along_x = c[:, 1] - c[:, 0]  # [M, dz, dy]
-        cx = c[:, 0] + wx * along_x
-        along_y = cx[..., 1] - cx[..., 0]  # [M, dz]
-        cy = cx[..., 0] + wy * along_y
-        along_z = cy[:, 1] - cy[:, 0]
-        value = cy[:, 0] + wz * along_z
-        dx_y = along_x[..., 0] + wy * (along_x[..., 1] - along_x[..., 0])  # [M, dz]
-        gradient = torch.stack([dx_y[:, 0] + wz * (dx_y[:, 1] - dx_y[:, 0]),
-                                along_y[:, 0] + wz * (along_y[:, 1] - along_y[:, 0]), along_z], dim=1)
+        along_x = torch.lerp(c[:, 0], c[:, 1], wx)  # [M, dz, dy]
+        along_xy = torch.lerp(along_x[..., 0], along_x[..., 1], wy)  # [M, dz]
+        value = torch.lerp(along_xy[:, 0], along_xy[:, 1], wz)
+        step_x = c[:, 1] - c[:, 0]  # the derivatives along each axis, interpolated along the other two
+        step_x = torch.lerp(step_x[..., 0], step_x[..., 1], wy)
+        step_y = along_x[..., 1] - along_x[..., 0]
+        gradient = torch.stack([torch.lerp(step_x[:, 0], step_x[:, 1], wz), torch.lerp(step_y[:, 0], step_y[:, 1], wz),
+                                along_xy[:, 1] - along_xy[:, 0]], dim=1)
         ctx.save_for_backward(gradient)
         return value
 

@@ -4,6 +4,7 @@
 its text to every list opened by :func:`record_warnings` (a report's ``warnings``). Inside
 :func:`held_warnings` the warnings wait until :func:`release_warnings` (or the block's end) and are
 dropped when the block raises first, so a refused input is one line, not a warning and an error.
+:func:`deferred_warnings` collects one thread's warnings for the caller to issue later, in order.
 :func:`route_messages` (the commands call it once) prints those warnings as one line
 ``<program>: warning: <text>`` and sends every other Python warning (torch, matplotlib,
 nibabel) to :mod:`logging`. :func:`library_output` catches what ITK, GDCM, HDF5 and
@@ -27,10 +28,15 @@ LOG = logging.getLogger("TotalRegistratorLib")
 _recording: list[list[str]] = []
 _held: list[list[str] | None] = []  # innermost hold: warnings not shown yet (None once released)
 _fd_lock = threading.RLock()
+_thread = threading.local()  # .deferred: this thread's list while inside deferred_warnings()
 
 
 def warn(message: str) -> None:
     """Warn about a questionable input (one line naming the file) and record it where asked."""
+    deferred = getattr(_thread, "deferred", None)
+    if deferred is not None:
+        deferred.append(message)
+        return
     for recorded in _recording:
         recorded.append(message)
     if _held and _held[-1] is not None:
@@ -59,6 +65,17 @@ def release_warnings() -> None:
         pending, _held[-1] = _held[-1], None
         for message in pending:
             warnings.warn(message, InputWarning, stacklevel=2)
+
+
+@contextlib.contextmanager
+def deferred_warnings() -> Iterator[list[str]]:
+    """A list that takes the text of this thread's :func:`warn` calls inside the block instead of issuing
+    them: work run in another thread hands its warnings back to be issued (:func:`warn`) in a fixed order."""
+    _thread.deferred = []
+    try:
+        yield _thread.deferred
+    finally:
+        _thread.deferred = None
 
 
 @contextlib.contextmanager

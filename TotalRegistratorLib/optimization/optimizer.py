@@ -44,7 +44,7 @@ from .regularization import diffusion
 Progress = Callable[[str, int, int], None]
 """Called as ``progress(stage, done, total)`` while a stage runs."""
 
-VIEW_REFRESH = 5  # deformable steps between updates of which fixed windows see moving data
+VIEW_REFRESH = 5  # steps between updates of which fixed windows see moving data (it changes slowly)
 
 
 @dataclass
@@ -203,7 +203,10 @@ def _affine_stage(levels: dict[int, Level], fixed: Prepared, moving: Prepared, s
             anneal(optimizer, settings.affine_learning_rate, step, iterations)
             optimizer.zero_grad()
             matrix = _affine_matrix(linear, 100.0 * shift, centre, initial).to(world)
-            loss = step_loss(level, matrix_apply(matrix, world), moving.domain, sim)
+            points = matrix_apply(matrix, world)
+            if step % VIEW_REFRESH == 0:
+                seen = sees_moving(points.detach(), moving.domain, sim)
+            loss = step_loss(level, points, moving.domain, sim, seen)
             loss.backward()
             optimizer.step()
             done += 1
@@ -240,7 +243,7 @@ def _deformable_stage(levels: dict[int, Level], fixed: Prepared, moving: Prepare
             optimizer.zero_grad()
             smooth = smooth_field(residual)
             points = base_points + upsample(smooth, level.grid).movedim(1, -1)
-            if step % VIEW_REFRESH == 0:  # which windows see moving data changes slowly: not every step
+            if step % VIEW_REFRESH == 0:
                 seen = sees_moving(points.detach(), moving.domain, sim)
             loss = step_loss(level, points, moving.domain, sim, seen) + settings.smoothness * diffusion(
                 smooth, param_grid)
