@@ -140,3 +140,18 @@ def test_jacobian_in_slabs_equals_one_piece():
     direct = torch.linalg.det(fields.spatial_gradient(field, grid).movedim(1, -1).movedim(1, -1) + torch.eye(3,
                               dtype=torch.float64))
     assert torch.allclose(whole, direct, atol=1e-10)
+
+
+def test_resample_field_on_an_aligned_grid_equals_grid_sample(oblique_grid):
+    """Separable resampling (same voxel axes, other spacing and origin, reaching past the border) equals
+    grid_sample's trilinear sampling with border values."""
+    field = smooth_field(oblique_grid)
+    target = Grid((23, 31, 19), (3.1, 1.7, 4.4), tuple(oblique_grid.transform_indices([[-4.2, 3.3, 2.5]])[0]),
+                  oblique_grid.direction)
+    expected = fields.sample(field.double(), oblique_grid, target.world_points(dtype=torch.float64),
+                             padding_mode="border")
+    got = fields.resample_field(field.double(), oblique_grid, target)
+    beyond = ~fields.inside(target.world_points(dtype=torch.float64), oblique_grid, margin=0.0)
+    assert beyond.any() and (~beyond).any(), "the target should reach past the field's grid"
+    assert torch.allclose(got, expected, atol=1e-9)
+

@@ -63,10 +63,42 @@ def inside(points: torch.Tensor, domain: Grid, margin: float = 0.5) -> torch.Ten
 def resample_field(field: torch.Tensor, grid: Grid, target: Grid, max_voxels: int = 4_000_000) -> torch.Tensor:
     """The field sampled (trilinearly) on ``target``; outside ``grid`` it extends its border values.
 
-    Large targets are filled in slabs of at most ``max_voxels`` to bound memory.
+    When ``target``'s voxel axes are ``grid``'s (same direction), trilinear sampling is separable: three
+    small interpolation matrices (:func:`separable_resample`). Otherwise large targets are sampled in slabs
+    of at most ``max_voxels`` to bound memory.
     """
+    if np.allclose(target.direction_matrix, grid.direction_matrix, atol=1e-9):
+        # target index n along axis a sits at grid index (offset_a + n * spacing_t,a) / spacing_g,a
+        offset = grid.direction_matrix.T @ (np.asarray(target.origin) - np.asarray(grid.origin))
+        matrices = [interpolation_matrix((offset[a] + np.arange(target.size[a]) * target.spacing[a])
+                                         / grid.spacing[a], grid.size[a]) for a in (2, 1, 0)]
+        return separable_resample(field, matrices)
     return torch.cat([sample(field, grid, slab.world_points(field.device, field.dtype), padding_mode="border")
                       for slab in target.slabs(max_voxels)], dim=2)
+
+
+def interpolation_matrix(positions: np.ndarray, size: int) -> torch.Tensor:
+    """[len(positions), size] float64: linear interpolation of ``size`` samples at ``positions`` (in samples,
+    0 = the first), clamped to the first and last sample (border values beyond them)."""
+    position = torch.as_tensor(np.clip(positions, 0, size - 1), dtype=torch.float64)
+    low = position.floor().clamp(max=max(size - 2, 0)).long()
+    fraction = position - low
+    rows = torch.arange(len(position))
+    matrix = torch.zeros(len(position), size, dtype=torch.float64)
+    matrix[rows, low] = 1 - fraction
+    if size > 1:
+        matrix[rows, low + 1] += fraction
+    return matrix
+
+
+def separable_resample(field: torch.Tensor, matrices: list[torch.Tensor]) -> torch.Tensor:
+    """``field`` [N, C, K, J, I] resampled axis by axis: ``matrices`` (along k, j, i) of shapes [K', K],
+    [J', J], [I', I] (e.g. :func:`interpolation_matrix`); returns [N, C, K', J', I']. Along k first: a slab
+    of a large grid (few k) then never holds more than its own voxels."""
+    along_k, along_j, along_i = (m.to(dtype=field.dtype, device=field.device) for m in matrices)
+    n, c, k0, j0, i0 = field.shape
+    x = (along_k @ field.reshape(n, c, k0, -1)).reshape(n, c, along_k.shape[0], j0, i0)
+    return (along_j @ x) @ along_i.T
 
 
 def compose(first: torch.Tensor, second: torch.Tensor, grid: Grid) -> torch.Tensor:
@@ -80,10 +112,18 @@ def compose(first: torch.Tensor, second: torch.Tensor, grid: Grid) -> torch.Tens
 
 def affine_field(matrix: np.ndarray | torch.Tensor, grid: Grid, device=None,
                  dtype=torch.float32) -> torch.Tensor:
-    """Field ``A x - x`` of a 4 x 4 fixed-to-moving LPS matrix, shape [1, 3, K, J, I]."""
-    points = grid.world_points(device, torch.float64)
-    m = torch.as_tensor(matrix, dtype=torch.float64, device=device)
-    return (matrix_apply(m, points) - points).to(dtype).movedim(-1, 1)
+    """Field ``A x - x`` of a 4 x 4 fixed-to-moving LPS matrix, shape [1, 3, K, J, I].
+
+    Affine in the voxel index too: an offset plus one step per axis (computed in float64), summed by
+    broadcasting in ``dtype``; the values are displacements (small for maps near the identity), not points."""
+    m = matrix.detach().cpu().double().numpy() if isinstance(matrix, torch.Tensor) else np.asarray(matrix, float)
+    change = m[:3, :3] - np.eye(3)
+    offset = torch.as_tensor(change @ np.asarray(grid.origin) + m[:3, 3], dtype=dtype, device=device)
+    steps = torch.as_tensor(change @ grid.linear, dtype=dtype, device=device)  # [3 components, axes i, j, k]
+    (k, j, i) = grid.shape
+    along = [steps[:, axis].view(3, 1, 1, 1) * torch.arange(n, dtype=dtype, device=device).view(view)
+             for axis, (n, view) in enumerate(((i, (1, 1, -1)), (j, (1, -1, 1)), (k, (-1, 1, 1))))]
+    return (along[2] + along[1] + along[0]).add_(offset.view(3, 1, 1, 1))[None]
 
 
 def spatial_gradient(field: torch.Tensor, grid: Grid) -> torch.Tensor:

@@ -113,7 +113,7 @@ class Transform:
         for slab in slabs:
             part = affine_field(self.affine, slab, device)
             if self.residual is not None:
-                part = part + resample_field(self.residual.to(device), self.grid, slab)
+                part += resample_field(self.residual.to(device), self.grid, slab)
             parts.append(part)
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 

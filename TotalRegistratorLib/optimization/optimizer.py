@@ -272,26 +272,17 @@ def upsample(field: torch.Tensor, grid: Grid) -> torch.Tensor:
     interpolation matrix per axis (three matrix products: 3x faster forward and backward on the CPU)."""
     if tuple(field.shape[2:]) == grid.shape:
         return field
-    (k, j, i), (n, c, k0, j0, i0) = grid.shape, field.shape
-    x = field @ _interpolation_matrix(i0, i, field.dtype, field.device).T
-    x = _interpolation_matrix(j0, j, field.dtype, field.device) @ x
-    matrix = _interpolation_matrix(k0, k, field.dtype, field.device)
-    return (matrix @ x.reshape(n, c, k0, -1)).reshape(n, c, k, j, i)
+    matrices = [_interpolation_matrix(size, new_size, field.dtype, field.device)
+                for size, new_size in zip(field.shape[2:], grid.shape)]
+    return fields.separable_resample(field, matrices)
 
 
 @functools.lru_cache(maxsize=16)
 def _interpolation_matrix(size: int, new_size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """[new_size, size]: linear interpolation of ``size`` samples at ``new_size`` points spanning the same
-    first and last sample (align_corners=True). Cached: every step of a level asks for the same three."""
-    position = torch.arange(new_size, dtype=torch.float64) * ((size - 1) / max(new_size - 1, 1))
-    low = position.floor().clamp(max=max(size - 2, 0)).long()
-    fraction = position - low
-    rows = torch.arange(new_size)
-    matrix = torch.zeros(new_size, size, dtype=torch.float64)
-    matrix[rows, low] = 1 - fraction
-    if size > 1:
-        matrix[rows, low + 1] += fraction
-    return matrix.to(dtype=dtype, device=device)
+    """[new_size, size]: ``size`` samples interpolated at ``new_size`` points spanning the same first and last
+    sample (align_corners=True). Cached: every step of a level asks for the same three."""
+    positions = np.arange(new_size) * ((size - 1) / max(new_size - 1, 1))
+    return fields.interpolation_matrix(positions, size).to(dtype=dtype, device=device)
 
 
 SMOOTHING = torch.tensor([1.0, 2.0, 3.0, 2.0, 1.0]) / 9.0  # two passes of a 3-voxel box
