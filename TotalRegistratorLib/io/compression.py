@@ -5,6 +5,9 @@ data is cut into blocks that are deflated independently in threads (zlib release
 sync flush so they concatenate into one valid deflate stream, and wrapped in a single gzip member with
 the CRC-32 and size of the whole: the same construction as ``pigz``. Any gzip reader (zlib, Python's
 gzip, ITK, nibabel) reads the result as an ordinary ``.gz`` file.
+
+The blocks are deflated by ISA-L (PyPI ``isal``, a dependency): 4-5x faster than zlib's fastest level, for
+files about 5 % larger. Where it is missing, zlib deflates them.
 """
 
 from __future__ import annotations
@@ -18,14 +21,21 @@ from pathlib import Path
 
 import torch
 
+try:
+    from isal import isal_zlib as deflater
+
+    LEVEL = 2  # ISA-L's levels are 0-3; on CT, 2 is as fast as 0 and 1 and the smallest of the three
+except ImportError:
+    deflater = zlib
+    LEVEL = 1  # zlib: on CT, level 6 saves about 10 % of the size for 3-4 times the time
+
 BLOCK_BYTES = 8 << 20  # uncompressed bytes per independently deflated block
-LEVEL = 1  # zlib level: on CT, level 6 saves about 10 % of the size for 3-4 times the time
 _HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # gzip magic, deflate, no flags, no time, unknown OS
 
 
 def _deflate(block: bytes, level: int, last: bool) -> bytes:
     """Raw deflate of ``block``; byte-aligned by a sync flush unless it is the stream's last block."""
-    compressor = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
+    compressor = deflater.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
     return compressor.compress(block) + compressor.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
 
 
