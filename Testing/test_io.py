@@ -409,3 +409,33 @@ def test_detail_is_the_working_content_on_the_scans_own_finer_lattice_in_lps_ord
     assert preprocess.prepare(scan, lambda _: working).detail is None
     close = preprocess.body_grid(scan.mask, spacing=1.8)  # the 1.5 mm preview is not 0.8 x finer
     assert preprocess.prepare(scan, lambda _: close, keep_detail=True).detail is None
+
+
+def test_library_output_of_two_threads_at_once_is_caught_and_descriptor_2_restored(capfd):
+    """Two scans are read in parallel: both threads' C++ chatter (written to descriptor 2) is caught, each
+    block gets the text written while it ran, and stderr works again afterwards."""
+    import os
+    import threading
+
+    from TotalRegistratorLib.io import messages
+
+    inside, release, texts = threading.Barrier(2, timeout=10), threading.Event(), {}
+
+    def chatter(name: str) -> None:
+        with messages.library_output() as caught:
+            inside.wait()  # both blocks are open now
+            os.write(2, f"ITK says {name}\n".encode())
+            if name == "first":
+                release.set()
+            else:
+                release.wait(10)
+        texts[name] = caught
+
+    threads = [threading.Thread(target=chatter, args=(name,)) for name in ("first", "second")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "after\n"
+    assert "ITK says second" in texts["second"][0] and "ITK says first" in texts["first"][0]

@@ -27,7 +27,16 @@ from ..errors import InputWarning
 LOG = logging.getLogger("TotalRegistratorLib")
 _recording: list[list[str]] = []
 _held: list[list[str] | None] = []  # innermost hold: warnings not shown yet (None once released)
-_fd_lock = threading.RLock()
+_fd_lock = threading.Lock()  # guards the redirection of file descriptor 2 (library_output)
+
+
+class _Capture:
+    depth = 0  # library_output blocks running, in any thread
+    sink = None  # the temporary file that descriptor 2 points to meanwhile
+    saved = -1  # a duplicate of the original descriptor 2
+
+
+_capture = _Capture()
 _thread = threading.local()  # .deferred: this thread's list while inside deferred_warnings()
 
 
@@ -121,19 +130,30 @@ class _ToDebug(logging.Handler):
 def library_output() -> Iterator[list[str]]:
     """Catch what C++ libraries write to file descriptor 2 inside the block and log it (debug) instead.
 
-    Yields a list that holds the caught text once the block has ended (e.g. for an error message)."""
-    with _fd_lock, tempfile.TemporaryFile() as sink:
-        sys.stderr.flush()
-        saved = os.dup(2)
-        os.dup2(sink.fileno(), 2)
-        caught: list[str] = []
-        try:
-            yield caught
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            text = sink.read().decode(errors="replace").strip()
-            if text:
-                caught.append(text)
-                LOG.debug("library output: %s", text)
+    Yields a list that holds the caught text once the block has ended (e.g. for an error message). Blocks
+    in several threads at once (two scans read in parallel) share one redirection: each gets the text
+    written while it ran."""
+    with _fd_lock:
+        if _capture.depth == 0:
+            sys.stderr.flush()
+            _capture.sink = tempfile.TemporaryFile()
+            _capture.saved = os.dup(2)
+            os.dup2(_capture.sink.fileno(), 2)
+        _capture.depth += 1
+        sink = _capture.sink.fileno()
+        start = os.fstat(sink).st_size
+    caught: list[str] = []
+    try:
+        yield caught
+    finally:
+        with _fd_lock:
+            end = os.fstat(sink).st_size
+            text = os.pread(sink, end - start, start).decode(errors="replace").strip()
+            _capture.depth -= 1
+            if _capture.depth == 0:
+                os.dup2(_capture.saved, 2)
+                os.close(_capture.saved)
+                _capture.sink.close()
+        if text:
+            caught.append(text)
+            LOG.debug("library output: %s", text)
