@@ -19,6 +19,7 @@ from . import fields
 from .grid import Grid, matrix_apply
 
 PAD = 2  # zero voxels before each axis: a point clamped to index -PAD sees only zeros, value and gradient
+FLOAT32_ROWS = 2**24  # row numbers below this are exact in float32 (faster than float64 to compute)
 
 
 class Sampler:
@@ -61,11 +62,12 @@ class _Trilinear(torch.autograd.Function):
     def forward(ctx, index: torch.Tensor, corners: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
         k, j, i = shape
         high = torch.tensor([i, j, k], dtype=index.dtype, device=index.device) + PAD
-        x = index.clamp(torch.zeros_like(high), high)  # beyond, every corner is padding: value and gradient 0
+        x = index.clamp(min=0)
+        torch.minimum(x, high, out=x)  # beyond these, every corner is padding: value and gradient 0
         w = torch.frac(x)
-        strides = torch.tensor([1, i + PAD + 2, (i + PAD + 2) * (j + PAD + 1)], dtype=torch.float64,
-                               device=index.device)
-        row = torch.mv((x - w).double(), strides).int()
+        exact = torch.float32 if corners.shape[0] < FLOAT32_ROWS else torch.float64
+        strides = torch.tensor([1, i + PAD + 2, (i + PAD + 2) * (j + PAD + 1)], dtype=exact, device=index.device)
+        row = torch.mv((x - w).to(exact), strides).int()
         c = corners.index_select(0, row).view(-1, 2, 2, 2)  # [M, dx, dz, dy]
         wx, wy, wz = w[:, 0, None, None], w[:, 1, None], w[:, 2]
         along_x = torch.lerp(c[:, 0], c[:, 1], wx)  # [M, dz, dy]
