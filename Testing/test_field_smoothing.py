@@ -29,6 +29,23 @@ def test_interior_equals_two_box_averages_and_constants_survive_at_the_edges():
     assert (ramp.grad > 0).all()
 
 
+def test_smoothing_equals_the_five_tap_convolution_with_replicated_edges_forward_and_backward():
+    field = torch.randn(1, 3, 6, 9, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(3),
+                        requires_grad=True)
+    weight = torch.randn(1, 3, 6, 9, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    kernel = torch.tensor([1.0, 2.0, 3.0, 2.0, 1.0], dtype=torch.float64) / 9.0
+    expected = F.pad(field, [2] * 6, mode="replicate")
+    for axis in range(3):
+        shape = [1, 1, 1, 1, 1]
+        shape[2 + axis] = 5
+        expected = F.conv3d(expected, kernel.view(shape).expand(3, -1, -1, -1, -1), groups=3)
+    (expected_grad,) = torch.autograd.grad((expected * weight).sum(), field)
+    got = smooth_field(field)
+    (got_grad,) = torch.autograd.grad((got * weight).sum(), field)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(got_grad, expected_grad, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("source, target", [((5, 1, 7), (9, 3, 13)), ((2, 3, 4), (5, 5, 5)), ((4, 6, 5), (4, 11, 9))])
 def test_upsampling_equals_trilinear_interpolation_forward_and_backward(source, target):
     field = torch.randn(2, 3, *source, dtype=torch.float64, generator=torch.Generator().manual_seed(1),

@@ -28,7 +28,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..core import fields, runtime
 from ..core.grid import Grid, matrix_apply
@@ -285,17 +284,23 @@ def _interpolation_matrix(size: int, new_size: int, dtype: torch.dtype, device: 
     return fields.interpolation_matrix(positions, size).to(dtype=dtype, device=device)
 
 
-SMOOTHING = torch.tensor([1.0, 2.0, 3.0, 2.0, 1.0]) / 9.0  # two passes of a 3-voxel box
+SMOOTHING = (1.0, 2.0, 3.0, 2.0, 1.0)  # / 9: two passes of a 3-voxel box
 
 
 def smooth_field(field: torch.Tensor) -> torch.Tensor:
     """A Gaussian-like low-pass of the field: the 5-tap kernel [1 2 3 2 1] / 9 along each axis, edges
-    replicated (two 3^3 box averages in one separable pass)."""
-    channels = field.shape[1]
-    kernel = SMOOTHING.to(field)
-    field = F.pad(field, [2] * 6, mode="replicate")
-    for axis in range(3):
-        shape = [1, 1, 1, 1, 1]
-        shape[2 + axis] = 5
-        field = F.conv3d(field, kernel.view(shape).expand(channels, -1, -1, -1, -1), groups=channels)
-    return field
+    replicated (two 3^3 box averages in one separable pass), as one banded matrix per axis (three matrix
+    products: on the CPU several times faster forward and backward than a grouped conv3d on small grids)."""
+    matrices = [_smoothing_matrix(size, field.dtype, field.device) for size in field.shape[2:]]
+    return fields.separable_resample(field, matrices)
+
+
+@functools.lru_cache(maxsize=16)
+def _smoothing_matrix(size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """[size, size]: :data:`SMOOTHING` along one axis, the samples beyond either end replaced by the end's."""
+    rows = torch.arange(size)
+    matrix = torch.zeros(size, size, dtype=torch.float64)
+    for offset, weight in zip(range(-2, 3), SMOOTHING):
+        matrix.index_put_((rows, (rows + offset).clamp(0, size - 1)), torch.tensor(weight / 9.0, dtype=torch.float64),
+                          accumulate=True)
+    return matrix.to(dtype=dtype, device=device)
