@@ -6,8 +6,8 @@ sync flush so they concatenate into one valid deflate stream, and wrapped in a s
 the CRC-32 and size of the whole: the same construction as ``pigz``. Any gzip reader (zlib, Python's
 gzip, ITK, nibabel) reads the result as an ordinary ``.gz`` file.
 
-The blocks are deflated by ISA-L (PyPI ``isal``, a dependency): 4-5x faster than zlib's fastest level, for
-files about 5 % larger. Where it is missing, zlib deflates them.
+The blocks are deflated by :mod:`.zlib_codec` at its fastest level (ISA-L's: 4-5x faster than zlib's, for
+files about 5 % larger).
 """
 
 from __future__ import annotations
@@ -21,13 +21,7 @@ from pathlib import Path
 
 import torch
 
-try:
-    from isal import isal_zlib as deflater
-
-    LEVEL = 2  # ISA-L's levels are 0-3; on CT, 2 is as fast as 0 and 1 and the smallest of the three
-except ImportError:
-    deflater = zlib
-    LEVEL = 1  # zlib: on CT, level 6 saves about 10 % of the size for 3-4 times the time
+from . import zlib_codec
 
 BLOCK_BYTES = 8 << 20  # uncompressed bytes per independently deflated block
 _HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # gzip magic, deflate, no flags, no time, unknown OS
@@ -35,15 +29,16 @@ _HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # gzip magic, deflate, no
 
 def _deflate(block: bytes, level: int, last: bool) -> bytes:
     """Raw deflate of ``block``; byte-aligned by a sync flush unless it is the stream's last block."""
-    compressor = deflater.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
+    compressor = zlib_codec.codec.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
     return compressor.compress(block) + compressor.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
 
 
-def gzip_file(source: str | os.PathLike, target: str | os.PathLike, level: int = LEVEL,
+def gzip_file(source: str | os.PathLike, target: str | os.PathLike, level: int | None = None,
               threads: int | None = None) -> None:
     """Write ``source``'s bytes gzip-compressed to ``target`` (one gzip member), deflating blocks of
     :data:`BLOCK_BYTES` on ``threads`` cores (default: torch's thread count, which ``--threads`` sets); at most
     ``threads + 1`` blocks are in memory."""
+    level = zlib_codec.FASTEST_LEVEL if level is None else level
     threads = threads or torch.get_num_threads()
     size = Path(source).stat().st_size
     crc, done = 0, 0

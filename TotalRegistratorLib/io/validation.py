@@ -26,6 +26,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
+from . import zlib_codec
 from .messages import warn
 
 MAX_COORDINATE_MM = 1e5  # float32 resolves 0.008 mm here; farther coordinates lose precision
@@ -97,7 +98,7 @@ def _reading(path: Path) -> Iterator[None]:
         yield
     except EOFError:
         raise InputError(f"{path}: file is truncated (the compressed data ends early)") from None
-    except (OSError, zlib.error) as err:
+    except (OSError, zlib.error, zlib_codec.codec.error) as err:
         raise InputError(f"{path}: cannot read image (corrupt: {str(err)[:120]})") from None
 
 
@@ -112,9 +113,10 @@ def _nifti_header(raw: bytes, path: Path):
 
 
 def _gzip_size(path: Path) -> int:
-    """Bytes a gzip file decompresses to (not kept), every member's CRC-32 and length checked by zlib, zero
-    padding after the last member allowed; a stream cut short raises EOFError, corrupt data ``zlib.error``."""
-    size, inflater, fed = 0, zlib.decompressobj(16 + zlib.MAX_WBITS), False
+    """Bytes a gzip file decompresses to (not kept), every member's CRC-32 and length checked by
+    :mod:`.zlib_codec`, zero padding after the last member allowed; a stream cut short raises EOFError,
+    corrupt data the codec's ``error``."""
+    size, inflater, fed = 0, zlib_codec.codec.decompressobj(16 + zlib.MAX_WBITS), False
     with open(path, "rb") as handle:
         while chunk := handle.read(_CHUNK):
             while chunk:
@@ -122,7 +124,7 @@ def _gzip_size(path: Path) -> int:
                     chunk = chunk.lstrip(b"\0")
                     if not chunk:
                         break
-                    inflater, fed = zlib.decompressobj(16 + zlib.MAX_WBITS), False
+                    inflater, fed = zlib_codec.codec.decompressobj(16 + zlib.MAX_WBITS), False
                 size += len(inflater.decompress(chunk, _CHUNK))
                 fed = True
                 chunk = inflater.unused_data if inflater.eof else inflater.unconsumed_tail
