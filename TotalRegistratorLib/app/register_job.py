@@ -87,20 +87,15 @@ def run_register_job(job: RegisterJob, progress: Progress | None = None) -> dict
 
 
 def _read_scan(path: Path) -> tuple[Scan, list[str]]:
-    """The scan at ``path``, its body mask found when it can be (for another thread; refusals of the mask
-    are raised where the caller asks for it), and the warnings its reading raised, not yet issued."""
+    """The scan at ``path`` with its body mask found when it has one (a refusal of the mask is raised again
+    where the caller asks for it), and the warnings its reading raised, not yet issued (for any thread)."""
     with messages.deferred_warnings() as warned:
         scan = Scan(images.read_image(path), str(path))
-    _mask_if_usable(scan)
-    return scan, warned
-
-
-def _mask_if_usable(scan: Scan) -> None:
-    """Find ``scan``'s body mask now when it has one; a refusal is raised again when it is asked for."""
     try:
         _ = scan.mask
     except InputError:
         pass
+    return scan, warned
 
 
 def earlier_outputs(folder: Path) -> list[str]:
@@ -117,11 +112,10 @@ def _run(job: RegisterJob, progress: Progress | None, warned: list[str]) -> dict
     chosen = job.chosen_outputs()
     with ThreadPoolExecutor(1) as pool:  # the moving scan is read (and masked) while the fixed one is
         reading = pool.submit(_read_scan, job.moving)
-        fixed = Scan(images.read_image(job.fixed), str(job.fixed))
+        fixed, fixed_warnings = _read_scan(job.fixed)
         validation.check_grid_options(fixed.image, job.fixed, job.settings.spacing, job.export_spacing)
-        _mask_if_usable(fixed)
         moving, moving_warnings = reading.result()
-    for message in moving_warnings:  # after the fixed scan's, as if read one after the other
+    for message in fixed_warnings + moving_warnings:  # in order, as if read one after the other
         messages.warn(message)
     label_maps = None
     if job.fixed_labels is not None:

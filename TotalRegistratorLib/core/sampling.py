@@ -34,12 +34,18 @@ class Sampler:
         shifted = np.eye(4)
         shifted[:3, 3] = PAD
         self._to_padded = shifted @ grid.world_to_index  # LPS mm -> index into the zero-padded image
+        k, j, i = grid.shape
+        # the largest padded index (i, j, k) a point is clamped to, and the row strides of the corner table
+        self._high = torch.tensor([i, j, k], dtype=image.dtype, device=image.device) + PAD
+        exact = torch.float32 if self.corners is not None and self.corners.shape[0] < FLOAT32_ROWS else torch.float64
+        self._strides = torch.tensor([1, i + PAD + 2, (i + PAD + 2) * (j + PAD + 1)], dtype=exact,
+                                     device=image.device)
 
     def __call__(self, points: torch.Tensor) -> torch.Tensor:
         if self.corners is None:
             return fields.sample(self.image, self.grid, points)
         index = matrix_apply(self._to_padded, points.reshape(-1, 3))
-        values = _Trilinear.apply(index, self.corners, self.grid.shape)
+        values = _Trilinear.apply(index, self.corners, self._high, self._strides)
         return values.reshape(1, 1, *points.shape[1:-1])
 
 
@@ -56,19 +62,17 @@ def _corner_rows(image: torch.Tensor) -> torch.Tensor:
 
 
 class _Trilinear(torch.autograd.Function):
-    """Trilinear values at indices [M, 3] (i, j, k) into the zero-padded image (``shape``: the image's K, J, I)
-    stored as :func:`_corner_rows`; the backward pass multiplies by the value's gradient from the forward one."""
+    """Trilinear values at indices [M, 3] (i, j, k) into the zero-padded image stored as :func:`_corner_rows`
+    (clamped to ``high``; ``strides``: a cell's row number per index step, in a dtype that holds them exactly);
+    the backward pass multiplies by the value's gradient from the forward one."""
 
     @staticmethod
-    def forward(ctx, index: torch.Tensor, corners: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
-        k, j, i = shape
-        high = torch.tensor([i, j, k], dtype=index.dtype, device=index.device) + PAD
+    def forward(ctx, index: torch.Tensor, corners: torch.Tensor, high: torch.Tensor,
+                strides: torch.Tensor) -> torch.Tensor:
         x = index.clamp(min=0)
-        torch.minimum(x, high, out=x)  # beyond these, every corner is padding: value and gradient 0
+        torch.minimum(x, high.to(x.dtype), out=x)  # beyond these, every corner is padding: value and gradient 0
         w = torch.frac(x)
-        exact = torch.float32 if corners.shape[0] < FLOAT32_ROWS else torch.float64
-        strides = torch.tensor([1, i + PAD + 2, (i + PAD + 2) * (j + PAD + 1)], dtype=exact, device=index.device)
-        row = torch.mv((x - w).to(exact), strides).int()
+        row = torch.mv((x - w).to(strides.dtype), strides).int()
         c = corners.index_select(0, row).view(-1, 2, 2, 2)  # [M, dx, dz, dy]
         wx, wy, wz = w[:, 0, None, None], w[:, 1, None], w[:, 2]
         along_x = torch.lerp(c[:, 0], c[:, 1], wx)  # [M, dz, dy]
@@ -85,4 +89,4 @@ class _Trilinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_value: torch.Tensor):
         (gradient,) = ctx.saved_tensors
-        return grad_value[:, None] * gradient, None, None
+        return grad_value[:, None] * gradient, None, None, None
