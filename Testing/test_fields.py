@@ -155,3 +155,8 @@ def test_resample_field_on_an_aligned_grid_equals_grid_sample(oblique_grid):
     assert beyond.any() and (~beyond).any(), "the target should reach past the field's grid"
     assert torch.allclose(got, expected, atol=1e-9)
 
+
+
+def test_magnitude_is_the_euclidean_length_of_each_displacement():
+    field = torch.randn(2, 3, 4, 5, 6, dtype=torch.float64)
+    assert torch.allclose(fields.magnitude(field), torch.linalg.vector_norm(field, dim=1), atol=1e-12)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 from conftest import rotation, torso
-from matplotlib.image import imread
+from PIL import Image
 
 from TotalRegistratorLib.app.overview import display_grid, overview_views, save_overview
 from TotalRegistratorLib.core.grid import Grid
@@ -34,5 +34,5 @@ def test_planes_are_the_central_slices_of_the_whole_display_volume_and_the_warp_
     assert np.median(views["|fixed - warped|"][0][body]) < 0.3 * np.median(views["|fixed - moving|"][0][body])
 
     save_overview(tmp_path / "overview.png", fixed, moving, transform, title="moving -> fixed")
-    picture = imread(tmp_path / "overview.png")
+    picture = np.asarray(Image.open(tmp_path / "overview.png"))
     assert picture.ndim == 3 and picture.shape[0] > 300 and picture.shape[1] > 800

@@ -102,8 +102,8 @@ def test_the_dependency_plan_upgrades_an_old_torch_and_adds_missing_packages():
     assert dependencies.plan(versions(torch="2.1.2+cu118", **everything)).torch == ">=2.4"
     assert dependencies.plan(versions(torch="2.3.99", **everything)).torch == ">=2.4"
     missing = dependencies.plan(versions(torch="2.13.0", nibabel="5.0"))
-    assert missing.torch is None and missing.packages == ("scipy==1.17.1", "matplotlib==3.11.2", "tqdm==4.70.1",
-                                                          "isal==1.9.1")
+    assert missing.torch is None and missing.packages == ("scipy==1.17.1", "matplotlib==3.11.2", "pillow==13.0.0",
+                                                          "tqdm==4.70.1", "isal==1.9.1")
     assert dependencies.plan(versions()).describe().startswith("PyTorch >=2.4, nibabel==")
 
 

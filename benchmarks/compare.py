@@ -288,7 +288,7 @@ def evaluate(prepared: Prepared, field_path: Path) -> dict[str, float]:
     row.update({key: stats[key] for key in ("folding_percent", "sdlogj", "jacobian_min")})
     if pair.truth is not None:
         truth = pair.truth.field_on(pair.truth.grid)
-        error = (transform_to_field(transform, pair.truth.grid) - truth)[0].norm(dim=0).numpy()
+        error = fields.magnitude(transform_to_field(transform, pair.truth.grid) - truth)[0].numpy()
         error = error[prepared.truth_body]
         row.update(error_mean_mm=float(error.mean()), error_p95_mm=float(np.percentile(error, 95)),
                    tre_mm=float(metrics.target_registration_error(*prepared.landmarks, transform).mean()))

@@ -19,7 +19,8 @@ SUPPORTED_SLICER = "Slicer 5.10 and later"  # the first releases that bundle Pyt
 MINIMUM_TORCH = "2.4"
 # Python packages the library needs besides torch (PyTorch Utils) and SimpleITK (bundled with Slicer):
 # distribution name -> the version pinned in constraints.txt, installed when the package is missing
-REQUIREMENTS = {"nibabel": "5.4.2", "scipy": "1.17.1", "matplotlib": "3.11.2", "tqdm": "4.70.1", "isal": "1.9.1"}
+REQUIREMENTS = {"nibabel": "5.4.2", "scipy": "1.17.1", "matplotlib": "3.11.2", "pillow": "13.0.0",
+                "tqdm": "4.70.1", "isal": "1.9.1"}
 
 
 class DependencyError(RuntimeError):

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..core import metrics
+from ..core import fields, metrics
 from ..core.grid import Grid
 from ..core.itk_bridge import transform_to_field
 from ..errors import InputError
@@ -53,9 +53,9 @@ def run_evaluate(labels: tuple[Path, Path] | None = None, transform_path: Path |
         if not isinstance(truth, sitk.DisplacementFieldTransform):
             raise InputError(f"{truth_path}: ground truth must be a displacement field transform")
         grid = Grid.from_image(truth.GetDisplacementField())
-        true_field = transform_to_field(truth, grid)[0]
-        error = (transform_to_field(transform, grid)[0] - true_field).norm(dim=0).numpy()
-        initial = true_field.norm(dim=0).numpy()
+        true_field = transform_to_field(truth, grid)
+        error = fields.magnitude(transform_to_field(transform, grid) - true_field)[0].numpy()
+        initial = fields.magnitude(true_field)[0].numpy()
         mask = mask_on(grid)
         if mask is not None:
             error, initial = error[mask], initial[mask]

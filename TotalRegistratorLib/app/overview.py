@@ -3,7 +3,9 @@
 Everything is first resampled onto an LPS-aligned grid over the fixed image, so
 the axial view is in radiological convention (patient's right on the left,
 anterior up) and coronal/sagittal views have superior up, whatever the
-orientation the files were stored in.
+orientation the files were stored in. The picture is composed with Pillow: a
+mosaic of grey and colour-mapped panels with their labels (a plotting library's
+import and layout took longer than the rest of writing a clinical CT's outputs).
 """
 
 from __future__ import annotations
@@ -12,8 +14,7 @@ import os
 
 import numpy as np
 import SimpleITK as sitk
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from PIL import Image, ImageDraw, ImageFont
 
 from ..core.grid import Grid
 from ..io.outputs import atomic_path
@@ -63,31 +64,49 @@ def overview_views(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transf
     return arrays
 
 
+# matplotlib's "magma" at 0, 1/4, 1/2, 3/4 and 1 (RGB in 0..1), for the subtractions
+_MAGMA = np.array([[0.001, 0.000, 0.014], [0.316, 0.071, 0.485], [0.716, 0.215, 0.475], [0.987, 0.536, 0.382],
+                   [0.987, 0.991, 0.749]])
+PANEL = 220  # pixels along the longest side of the largest view
+GAP, LEFT, TOP = 6, 110, 50  # pixels between panels, for the row labels and for the titles
+
+
+def _rgb(view: np.ndarray, subtraction: bool) -> np.ndarray:
+    """A view in HU as 8-bit RGB: CT window -1000..1000 HU in grey; subtractions 0..500 HU in magma."""
+    if not subtraction:
+        grey = np.clip((view + 1000.0) / 2000.0, 0, 1)
+        return np.repeat((grey * 255).round().astype(np.uint8)[..., None], 3, axis=-1)
+    level = np.clip(view / 500.0, 0, 1)
+    anchors = np.linspace(0, 1, len(_MAGMA))
+    return np.stack([np.interp(level, anchors, _MAGMA[:, c]) * 255 for c in range(3)], -1).round().astype(np.uint8)
+
+
 def save_overview(path: str | os.PathLike, fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform,
                   title: str = "") -> None:
-    """Write a PNG of fixed, moving (before), warped and both subtractions, one column each (CT window
-    -1000..1000 HU; subtractions 0..500 HU), from :func:`overview_views`."""
+    """Write a PNG of fixed, moving (before), warped and both subtractions, one column each, one row per plane
+    (CT window -1000..1000 HU; subtractions 0..500 HU), from :func:`overview_views`, all views at one scale."""
     grid = display_grid(fixed)
     arrays = overview_views(fixed, moving, transform, grid)
-    names = list(arrays)
-    spacing = grid.spacing[0]
-    fig = Figure(figsize=(2.6 * len(names), 7.5))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(3, len(names), squeeze=False)
-    for column, name in enumerate(names):
-        subtraction = name.startswith("|")
-        for row, view in enumerate(arrays[name]):
-            ax = axes[row, column]
-            ax.imshow(view, cmap="magma" if subtraction else "gray", vmin=0 if subtraction else -1000,
-                      vmax=500 if subtraction else 1000, aspect=1.0, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(name, fontsize=9)
-        axes[0, 0].set_ylabel("axial (R | L)", fontsize=8)
-        axes[1, 0].set_ylabel("coronal", fontsize=8)
-        axes[2, 0].set_ylabel("sagittal (A | P)", fontsize=8)
-    fig.suptitle(f"{title}  ({spacing:.1f} mm display grid)" if title else "", fontsize=10)
-    fig.tight_layout()
+    scale = PANEL / max(max(view.shape) for view in arrays["fixed"])
+    rows = ["axial (R | L)", "coronal", "sagittal (A | P)"]
+    heights = [max(1, round(view.shape[0] * scale)) for view in arrays["fixed"]]
+    width = max(max(1, round(view.shape[1] * scale)) for view in arrays["fixed"])
+    picture = Image.new("RGB", (LEFT + len(arrays) * (width + GAP), TOP + sum(h + GAP for h in heights)), "white")
+    draw = ImageDraw.Draw(picture)
+    font = ImageFont.load_default(size=13)
+    draw.text((GAP, GAP), f"{title}  ({grid.spacing[0]:.1f} mm display grid)" if title else "", fill="black",
+              font=font)
+    for column, (name, views) in enumerate(arrays.items()):
+        x = LEFT + column * (width + GAP)
+        draw.text((x + (width - draw.textlength(name, font=font)) // 2, TOP - 3 * GAP), name, fill="black",
+                  font=font)
+        y = TOP
+        for row, view in enumerate(views):
+            panel = Image.fromarray(_rgb(view, name.startswith("|"))).resize(
+                (max(1, round(view.shape[1] * scale)), heights[row]), Image.Resampling.BILINEAR)
+            picture.paste(panel, (x, y))
+            if column == 0:
+                draw.text((GAP, y + heights[row] // 2 - GAP), rows[row], fill="black", font=font)
+            y += heights[row] + GAP
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
+        picture.save(tmp, format="png")

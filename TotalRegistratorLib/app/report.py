@@ -10,7 +10,7 @@ import SimpleITK as sitk
 import torch
 
 from .. import __version__
-from ..core import metrics, preprocess
+from ..core import fields, metrics, preprocess
 from ..core.grid import Grid
 from ..core.preprocess import Scan
 from ..optimization import similarity
@@ -71,7 +71,7 @@ def dice_report(fixed_labels: sitk.Image, before: sitk.Image, after: sitk.Image)
 def field_summary(field: torch.Tensor, grid: Grid, mask: np.ndarray | None = None) -> dict[str, float]:
     """Folding, SDlogJ and displacement magnitude statistics of a field (inside ``mask`` if given)."""
     stats = metrics.jacobian_statistics(field, grid, mask)
-    magnitude = field[0].norm(dim=0).numpy()
+    magnitude = fields.magnitude(field)[0].numpy()
     if mask is not None:
         magnitude = magnitude[np.asarray(mask, bool)]
     stats.update(displacement_mean_mm=float(magnitude.mean()), displacement_max_mm=float(magnitude.max()))

@@ -126,6 +126,12 @@ def affine_field(matrix: np.ndarray | torch.Tensor, grid: Grid, device=None,
     return (along[2] + along[1] + along[0]).add_(offset.view(3, 1, 1, 1))[None]
 
 
+def magnitude(field: torch.Tensor) -> torch.Tensor:
+    """|u| at every voxel of a field [N, 3, K, J, I], as [N, K, J, I] (mm). Summed component by component:
+    torch's norm over the component axis took 40x longer on a clinical working grid."""
+    return (field[:, 0] * field[:, 0] + field[:, 1] * field[:, 1] + field[:, 2] * field[:, 2]).sqrt_()
+
+
 def spatial_gradient(field: torch.Tensor, grid: Grid) -> torch.Tensor:
     """Derivatives of every component along physical x, y, z: [N, C, 3, K, J, I] (per mm).
 
