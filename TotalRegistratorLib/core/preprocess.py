@@ -10,9 +10,8 @@ its own spacing.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
@@ -133,20 +132,27 @@ class Scan:
 
     Work at the registration's resolution never touches the full-resolution voxels: a ``preview`` (the
     image averaged over bins of at most :data:`PREVIEW_SPACING` mm) is made once, and the body mask is
-    found on it.
+    found on it. (Kept in plain fields, not ``functools.cached_property``: before Python 3.12 that holds one
+    lock for all instances, so two scans prepared in two threads took turns.)
     """
 
     image: sitk.Image
     name: str = "image"
+    _preview: sitk.Image | None = field(default=None, init=False, repr=False)
+    _mask: sitk.Image | None = field(default=None, init=False, repr=False)
 
-    @functools.cached_property
+    @property
     def preview(self) -> sitk.Image:
-        return binned(self.image, PREVIEW_SPACING)
+        if self._preview is None:
+            self._preview = binned(self.image, PREVIEW_SPACING)
+        return self._preview
 
-    @functools.cached_property
+    @property
     def mask(self) -> sitk.Image:
         """The body mask (:func:`body_mask`) on the preview's grid, uint8 0/1."""
-        return mask_to_image(body_mask(self.preview, name=self.name), self.preview)
+        if self._mask is None:
+            self._mask = mask_to_image(body_mask(self.preview, name=self.name), self.preview)
+        return self._mask
 
     def preview_finer_than(self, grid: Grid) -> bool:
         """Whether the preview's coarsest spacing is at most 0.8 x ``grid``'s finest: it holds ``grid``'s detail."""
