@@ -178,43 +178,47 @@ class Prepared:
 def prepare(scan: Scan, grid_for: Callable[[Scan], Grid], device="cpu", keep_detail: bool = False) -> Prepared:
     """Crop ``scan`` to its body and resample it onto ``grid_for(scan)`` (e.g. :func:`network_grid`).
 
-    Voxels outside the body (table, air, clothing) are set to air before resampling. With ``keep_detail``
-    and a preview finer than the grid, :attr:`Prepared.detail` holds :func:`detail` too.
+    Voxels outside the body (table, air, clothing) are set to air; the part of the scan around the grid is
+    smoothed to the grid's resolution (:func:`smoothed_around`) and resampled. With ``keep_detail`` and a
+    preview finer than the grid, :attr:`Prepared.detail` holds that smoothed part on its own lattice too.
     """
     grid = grid_for(scan)
     source = scan.source_for(grid)
     mask = scan.mask if source is scan.preview else resample(scan.mask, Grid.from_image(source), labels=True,
                                                                 default=0)
-    cropped = sitk.Mask(source, mask, outsideValue=HU_RANGE[0])
-    on_grid = sitk.GetArrayFromImage(resample(cropped, grid))
+    smooth = smoothed_around(sitk.Mask(source, mask, outsideValue=HU_RANGE[0]), grid)
+    on_grid = sitk.GetArrayFromImage(resample(smooth, grid, antialias=False))
     mask_on_grid = sitk.GetArrayFromImage(resample(scan.mask, grid, labels=True, default=0))
     # centroid from the resampled mask, so a scan stored in another orientation gives the same input
     centroid = grid.transform_indices(np.argwhere(mask_on_grid)[:, ::-1].mean(axis=0))
-    # a preview finer than the grid is the source, already masked to the body: ``cropped``
     keep = keep_detail and scan.preview_finer_than(grid)
     return Prepared(_as_tensor(normalize_intensity(on_grid), device), grid, centroid, Grid.from_image(scan.image),
-                    detail(cropped, grid, device) if keep else None)
+                    detail(smooth, device) if keep else None)
 
 
-def detail(masked: sitk.Image, grid: Grid, device="cpu") -> tuple[torch.Tensor, Grid]:
-    """A scan's preview ``masked`` to the body, smoothed to ``grid``'s resolution as :func:`resample` smooths,
-    on its own lattice (cropped to ``grid``'s box, voxel axes turned to LPS), as a [1, 1, K, J, I] tensor in
-    [0, 1] and its grid.
+def smoothed_around(image: sitk.Image, grid: Grid) -> sitk.Image:
+    """The part of ``image`` around ``grid``'s box (two grid spacings of context for the smoothing), as float32
+    smoothed for sampling at ``grid``'s resolution (:func:`antialiased`): only that part is filtered."""
+    lattice = Grid.from_image(image)
+    reach = 2.0 * max(grid.spacing) / np.asarray(lattice.spacing)  # voxels
+    index = lattice.transform_points(grid.corners())
+    last = np.asarray(lattice.size) - 1
+    lower = np.clip(np.floor(index.min(axis=0) - reach), 0, last).astype(int)
+    upper = np.clip(np.ceil(index.max(axis=0) + reach), lower, last).astype(int)  # one voxel at least
+    region = sitk.RegionOfInterest(image, [int(n) for n in upper - lower + 1], [int(i) for i in lower])
+    return antialiased(sitk.Cast(region, sitk.sitkFloat32), min(grid.spacing))
+
+
+def detail(smooth: sitk.Image, device="cpu") -> tuple[torch.Tensor, Grid]:
+    """A scan's preview masked to the body and :func:`smoothed_around` the working grid, on its own lattice
+    (voxel axes turned to LPS), as a [1, 1, K, J, I] tensor in [0, 1] and its grid.
 
     Sampled directly, this is interpolated once; the working-grid tensor, sampled again, twice, with a blur
     that depends on the two lattices' offset, which the optimiser fits as a spurious sub-millimetre
     deformation between two resamplings of one scan.
     """
-    preview = Grid.from_image(masked)
-    reach = 2.0 * max(grid.spacing)  # mm of context beyond the box for the smoothing
-    corners = preview.transform_points(grid.corners())
-    lower = np.clip(np.floor(corners.min(axis=0) - reach / np.asarray(preview.spacing)), 0, None).astype(int)
-    upper = np.minimum(np.ceil(corners.max(axis=0) + reach / np.asarray(preview.spacing)),
-                       np.asarray(preview.size) - 1).astype(int)
-    size, index = [int(n) for n in upper - lower + 1], [int(i) for i in lower]
-    region = sitk.Cast(sitk.RegionOfInterest(masked, size, index), sitk.sitkFloat32)
-    smooth = sitk.DICOMOrient(antialiased(region, min(grid.spacing)), "LPS")
-    return _as_tensor(normalize_intensity(sitk.GetArrayViewFromImage(smooth)), device), Grid.from_image(smooth)
+    oriented = sitk.DICOMOrient(smooth, "LPS")
+    return _as_tensor(normalize_intensity(sitk.GetArrayViewFromImage(oriented)), device), Grid.from_image(oriented)
 
 
 def _as_tensor(array: np.ndarray, device) -> torch.Tensor:
