@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import torso
+from PIL import Image
 
 from TotalRegistratorLib.app.cli import main
 from TotalRegistratorLib.core import metrics
@@ -184,6 +186,22 @@ def test_bad_moving_image_fails_cleanly(case, pair, tmp_path):
     assert str(path) in lines[0] and words in lines[0], lines[0]
     assert not out.exists() and not list(tmp_path.glob(".out.partial*")), "partial outputs left behind"
     assert (path.read_bytes() if path.exists() else None) == before, "input was modified"
+
+
+def test_the_command_ends_with_its_summary_and_outputs_complete(pair, tmp_path):
+    """The process skips the interpreter's teardown (``running.exit_now``): its piped stdout still carries the
+    summary line, and every output it names is complete."""
+    out = tmp_path / "out"
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout a block-buffered pipe
+    result = subprocess.run([sys.executable, "-m", "TotalRegistratorLib", "register", str(pair["fixed"]),
+                             str(pair["moving"]), "-o", str(out), *IO_QUICK], capture_output=True, text=True,
+                            timeout=300, env=buffered)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1])["output"] == str(out)
+    assert json.loads((out / "report.json").read_text())["outputs"] == ["transform", "warped", "overview"]
+    assert sitk.ReadImage(str(out / "warped.nii.gz")).GetSize() == sitk.ReadImage(str(pair["fixed"])).GetSize()
+    assert sitk.ReadTransform(str(out / "transform.h5")).GetName() == "DisplacementFieldTransform"
+    assert Image.open(out / "overview.png").size[0] > 800
 
 
 def test_output_folder_that_is_a_file(pair, tmp_path):

@@ -1,5 +1,4 @@
-import sys
-
 from .app.cli import main
+from .app.running import exit_now
 
-sys.exit(main())
+exit_now(main())

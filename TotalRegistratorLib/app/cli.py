@@ -28,7 +28,7 @@ from ..registry import (
 )
 from .arguments import non_negative, path, threads, within
 from .phantom_command import add_phantom_command
-from .running import run_guarded
+from .running import exit_now, run_guarded
 
 
 class ProgressBars:
@@ -232,5 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     return run_guarded(PROGRAM, lambda: args.func(args))
 
 
+def console_main() -> None:
+    """The ``totalregistrator`` command: :func:`main`, then :func:`~.running.exit_now` with its code."""
+    exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

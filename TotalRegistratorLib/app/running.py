@@ -12,10 +12,13 @@ Questionable inputs print ``<prog>: warning: ...`` lines; other libraries' warni
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 import sys
 import threading
 from collections.abc import Callable
+from typing import NoReturn
 
 from ..errors import InputError, Terminated
 from ..io.messages import held_warnings, route_messages
@@ -46,3 +49,13 @@ def run_guarded(prog: str, body: Callable[[], int]) -> int:
 def _say(line: str, code: int) -> int:
     print(line, file=sys.stderr, flush=True)
     return code
+
+
+def exit_now(code: int) -> NoReturn:
+    """End a finished command's process with ``code``: Python's streams and logging are flushed, every output is
+    closed (written by context managers), so the interpreter's teardown of torch and ITK is skipped (0.6 s
+    after a clinical-size registration). Only for a process's entry point, never where a caller goes on."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
