@@ -89,6 +89,41 @@ def test_local_ncc_of_an_image_with_itself_is_minus_one():
     assert float(local_ncc(x, x, radius=1)) == pytest.approx(-1.0, abs=1e-6)
 
 
+def ncc_by_autograd(fixed, warped, mask, radius, min_variance=6.25e-8):
+    """The local NCC loss written out in differentiable torch operations (the reference for its gradient)."""
+    n = float((2 * radius + 1) ** 3)
+    mean_f, var_f = local_statistics(fixed, radius)
+    mean_w = brute_box_sum(warped, radius) / n
+    var_w = brute_box_sum(warped * warped, radius) / n - mean_w * mean_w
+    cross = brute_box_sum(fixed * warped, radius) / n - mean_f * mean_w
+    ncc = cross * cross / (var_f.clamp_min(min_variance) * var_w.clamp_min(min_variance))
+    return -(ncc.clamp_max(1.0) * mask).sum() / mask.sum()
+
+
+@pytest.mark.parametrize("radius", [1, 2])
+def test_local_ncc_value_and_gradient_equal_autograd_through_its_formula(radius):
+    """Including flat patches (the variance floor holds, no gradient through it), a correlation clamped at 1
+    and a mask."""
+    fixed = smooth_noise((9, 10, 11), seed=5, sigma_vox=0.8)
+    warped = (0.7 * fixed + 0.3 * smooth_noise((9, 10, 11), seed=6, sigma_vox=0.8)).clone()
+    warped[..., :5, :5, :5] = 0.25  # flat: var_w below the floor
+    fixed[..., 4:, 5:, 6:] = 0.5 + 1e-5 * fixed[..., 4:, 5:, 6:]  # nearly flat: var_f floored
+    mean_f, var_f = local_statistics(fixed, radius)
+    mean_w, var_w = local_statistics(warped, radius)
+    assert (var_w < 6.25e-8).any() and (var_f < 6.25e-8).any(), "the floors should be reached"
+    mask = (torch.rand(fixed.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64) > 0.3).double()
+    for statistics in (None, (mean_f, var_f)):
+        ours = [x.clone().requires_grad_(True) for x in (fixed, warped)]
+        reference = [x.clone().requires_grad_(True) for x in (fixed, warped)]
+        value = local_ncc(*ours, mask, radius, statistics and local_statistics(ours[0], radius))
+        expected = ncc_by_autograd(*reference, mask, radius)
+        value.backward()
+        expected.backward()
+        torch.testing.assert_close(value, expected, rtol=0, atol=1e-12)
+        for got, want in zip(ours, reference):  # the warped image's gradient, and the fixed image's
+            torch.testing.assert_close(got.grad, want.grad, rtol=1e-7, atol=1e-12)
+
+
 def test_local_ncc_of_independent_noise_is_near_zero():
     g = torch.Generator().manual_seed(3)
     a = torch.rand(1, 1, 16, 16, 16, generator=g, dtype=torch.float64)
