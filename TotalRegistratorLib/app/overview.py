@@ -90,21 +90,21 @@ def save_overview(path: str | os.PathLike, fixed: sitk.Image, moving: sitk.Image
     scale = PANEL / max(max(view.shape) for view in arrays["fixed"])
     rows = ["axial (R | L)", "coronal", "sagittal (A | P)"]
     heights = [max(1, round(view.shape[0] * scale)) for view in arrays["fixed"]]
-    width = max(max(1, round(view.shape[1] * scale)) for view in arrays["fixed"])
+    widths = [max(1, round(view.shape[1] * scale)) for view in arrays["fixed"]]
+    font = ImageFont.load_default(size=13)
+    width = max(*widths, *(round(font.getlength(name)) for name in arrays))  # a column holds its title
     picture = Image.new("RGB", (LEFT + len(arrays) * (width + GAP), TOP + sum(h + GAP for h in heights)), "white")
     draw = ImageDraw.Draw(picture)
-    font = ImageFont.load_default(size=13)
     draw.text((GAP, GAP), f"{title}  ({grid.spacing[0]:.1f} mm display grid)" if title else "", fill="black",
               font=font)
     for column, (name, views) in enumerate(arrays.items()):
         x = LEFT + column * (width + GAP)
-        draw.text((x + (width - draw.textlength(name, font=font)) // 2, TOP - 3 * GAP), name, fill="black",
-                  font=font)
+        draw.text((x + (width - font.getlength(name)) // 2, TOP - 3 * GAP), name, fill="black", font=font)
         y = TOP
         for row, view in enumerate(views):
-            panel = Image.fromarray(_rgb(view, name.startswith("|"))).resize(
-                (max(1, round(view.shape[1] * scale)), heights[row]), Image.Resampling.BILINEAR)
-            picture.paste(panel, (x, y))
+            panel = Image.fromarray(_rgb(view, name.startswith("|"))).resize((widths[row], heights[row]),
+                                                                              Image.Resampling.BILINEAR)
+            picture.paste(panel, (x + (width - widths[row]) // 2, y))
             if column == 0:
                 draw.text((GAP, y + heights[row] // 2 - GAP), rows[row], fill="black", font=font)
             y += heights[row] + GAP
