@@ -138,8 +138,8 @@ class Scan:
 
     image: sitk.Image
     name: str = "image"
-    _preview: sitk.Image | None = field(default=None, init=False, repr=False)
-    _mask: sitk.Image | None = field(default=None, init=False, repr=False)
+    _preview: sitk.Image | None = field(default=None, init=False, repr=False, compare=False)
+    _mask: sitk.Image | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def preview(self) -> sitk.Image:
