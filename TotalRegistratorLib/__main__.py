@@ -1,4 +1,3 @@
-from .app.cli import main
-from .app.running import exit_now
+from .app.cli import console_main
 
-exit_now(main())
+console_main()

@@ -78,7 +78,7 @@ def local_ncc(fixed: torch.Tensor, warped: torch.Tensor, mask: torch.Tensor | No
     Variances are floored at ``min_variance`` (0.5 HU std on the [0, 1] scale) instead of adding
     an epsilon: an added epsilon rewards raising the warped image's local contrast wherever the
     product of variances is small, which pulls smooth regions of identical images apart.
-    Differentiable with respect to ``warped`` (:class:`_LocalNCC`).
+    Differentiable with respect to ``warped`` and ``fixed`` (:class:`_LocalNCC`).
     """
     mean_f, var_f = fixed_statistics or local_statistics(fixed, radius)
     weight = torch.full_like(warped, 1.0 / warped.numel()) if mask is None else mask / mask.sum().clamp_min(1.0)
