@@ -74,7 +74,8 @@ def test_the_guard_keeps_the_affine_map_when_the_deformable_stage_makes_things_w
     sane = optimize_pair(*scans, OptimizationSettings(**fast))
     assert sane.kept == "deformable" and not sane.transform.is_linear
     # steps of 40 mm per iteration and no smoothness: the field scrambles the image
-    wild = optimize_pair(*scans, OptimizationSettings(**fast, learning_rate=40.0, smoothness=0.0, field_factor=1))
+    wild = optimize_pair(*scans, OptimizationSettings(**fast, learning_rates=(40.0, 40.0), smoothness=0.0,
+                                                      field_factor=1))
     assert wild.kept in ("affine", "start") and wild.transform.is_linear
 
 

@@ -55,9 +55,16 @@ def warp(moving: torch.Tensor, moving_grid: Grid, field: torch.Tensor, grid: Gri
 
 def inside(points: torch.Tensor, domain: Grid, margin: float = 0.5) -> torch.Tensor:
     """Boolean [N, ...]: LPS points within ``domain`` (``margin`` voxels beyond the edge centres)."""
-    idx = matrix_apply(domain.world_to_index, points)
-    upper = torch.as_tensor(domain.size, dtype=idx.dtype, device=idx.device) - 1 + margin
-    return ((idx >= -margin) & (idx <= upper)).all(dim=-1)
+    return within(matrix_apply(domain.world_to_index, points), domain.size, margin)
+
+
+def within(index: torch.Tensor, size: tuple[int, int, int], margin: float = 0.5, dim: int = -1) -> torch.Tensor:
+    """Boolean: voxel indices (i, j, k along ``dim``) within a grid of ``size`` (i, j, k), ``margin`` voxels
+    beyond the edge centres; ``dim`` is dropped."""
+    shape = [1] * index.dim()
+    shape[dim] = 3
+    upper = torch.as_tensor(size, dtype=index.dtype, device=index.device).view(shape) - 1 + margin
+    return ((index >= -margin) & (index <= upper)).all(dim=dim)
 
 
 def resample_field(field: torch.Tensor, grid: Grid, target: Grid, max_voxels: int = 4_000_000) -> torch.Tensor:

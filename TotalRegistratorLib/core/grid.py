@@ -205,6 +205,15 @@ def matrix_apply(matrix: np.ndarray | torch.Tensor, points: np.ndarray | torch.T
     return points @ matrix[:3, :3].T + matrix[:3, 3]
 
 
+def matrix_apply_planar(matrix: np.ndarray | torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Apply a 4 x 4 homogeneous matrix to points stored as planes [3, M] (x, y, z rows); returns [3, M].
+
+    One matrix product with the long axis last: several times faster on the CPU than :func:`matrix_apply`'s
+    [M, 3] layout, whose rows of three defeat vectorisation. Differentiable in ``matrix`` and ``points``."""
+    matrix = torch.as_tensor(matrix, dtype=points.dtype, device=points.device)
+    return torch.addmm(matrix[:3, 3:], matrix[:3, :3], points)
+
+
 def physical_bounding_box(grid: Grid, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """LPS axis-aligned box (lower, upper) around the voxel centres where ``mask`` (K, J, I) is set."""
     nz = np.nonzero(mask)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..core import fields
-from ..core.grid import Grid
+from ..core.grid import Grid, matrix_apply_planar
 from ..core.preprocess import Prepared
 from ..core.sampling import Sampler
 from ..registry import SIMILARITY_TABLE
@@ -114,15 +114,18 @@ def build_levels(fixed: Prepared, moving: Prepared, factors, sim: Similarity) ->
     return levels
 
 
-def warp(level: Level, points: torch.Tensor) -> torch.Tensor:
-    """The moving features at ``points`` (LPS mm, one per fixed voxel of ``level.grid``)."""
-    return level.moving(points)
+def warp(level: Level, index: torch.Tensor) -> torch.Tensor:
+    """The moving features [1, C, K, J, I] at planar moving indices [3, K * J * I] (:meth:`Sampler.index` of
+    the mapped points of ``level.grid``'s voxels)."""
+    return level.moving.at(index).view(1, -1, *level.grid.shape)
 
 
-def sees_moving(points: torch.Tensor, domain: Grid, sim: Similarity) -> torch.Tensor:
-    """[1, K, J, I] bool: fixed voxels whose window of mapped ``points`` lies inside the moving field of view
-    ``domain``."""
-    return erode(fields.inside(points, domain, margin=FOV_TOLERANCE), sim.reach)
+def sees_moving(level: Level, index: torch.Tensor, domain: Grid, sim: Similarity) -> torch.Tensor:
+    """[1, K, J, I] bool: fixed voxels whose window of mapped points (planar moving indices, as for
+    :func:`warp`) lies inside the moving field of view ``domain``."""
+    in_domain = matrix_apply_planar(domain.world_to_index @ level.moving.to_world, index)
+    in_view = fields.within(in_domain, domain.size, FOV_TOLERANCE, dim=0).view(1, *level.grid.shape)
+    return erode(in_view, sim.reach)
 
 
 def masked_loss(level: Level, warped: torch.Tensor, sim: Similarity, seen: torch.Tensor) -> torch.Tensor:
@@ -131,7 +134,8 @@ def masked_loss(level: Level, warped: torch.Tensor, sim: Similarity, seen: torch
     return sim.loss(level, warped, (level.fixed_valid & seen)[:, None].to(warped.dtype))
 
 
-def step_loss(level: Level, points: torch.Tensor, domain: Grid, sim: Similarity,
+def step_loss(level: Level, index: torch.Tensor, domain: Grid, sim: Similarity,
               seen: torch.Tensor | None = None) -> torch.Tensor:
-    """:func:`masked_loss` of the moving features at ``points``; ``seen`` when the caller already has it."""
-    return masked_loss(level, warp(level, points), sim, sees_moving(points, domain, sim) if seen is None else seen)
+    """:func:`masked_loss` of the moving features at planar moving indices ``index``; ``seen`` when the caller
+    already has it."""
+    return masked_loss(level, warp(level, index), sim, sees_moving(level, index, domain, sim) if seen is None else seen)
