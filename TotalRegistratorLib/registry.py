@@ -95,7 +95,7 @@ DEFAULT_OUTPUTS: tuple[str, ...] = tuple(o.name for o in OUTPUT_TABLE if o.defau
 REPORT_FILE = "report.json"  # always written
 
 # --- defaults of instance optimisation (mirrored by OptimizationSettings) ------------------------------------
-DEFAULT_ITERATIONS: tuple[int, int] = (40, 20)  # deformable, coarse and fine level
+DEFAULT_ITERATIONS: tuple[int, int] = (40, 25)  # deformable, coarse and fine level
 DEFAULT_LEARNING_RATES: tuple[float, float] = (2.0, 0.75)  # mm per step of the deformable levels' Adam
 DEFAULT_AFFINE_ITERATIONS: tuple[int, int] = (40, 20)
 DEFAULT_SIMILARITY = "ncc"
