@@ -53,10 +53,10 @@ def main() -> None:
                  for key, value in json.loads(args.settings).items()}
     settings = OptimizationSettings(**overrides)
     dice: dict[str, list[float]] = {}
+    torch.set_num_threads(args.threads)  # compare.prepare makes pairs on one thread and restores this
     with tempfile.TemporaryDirectory() as folder:
         for spec in specs(args.pairs, args.spacing):
             prepared = compare.prepare(spec, Path(folder) / spec.name)
-            torch.set_num_threads(args.threads)
             start = time.perf_counter()
             result = optimize_pair(Scan(prepared.pair.fixed, "fixed"), Scan(prepared.pair.moving, "moving"), settings)
             seconds = time.perf_counter() - start

@@ -33,7 +33,6 @@ class Sampler:
     def __init__(self, image: torch.Tensor, grid: Grid):
         if image.shape[0] != 1:
             raise ValueError(f"Sampler takes one image, got a batch of {image.shape[0]}")
-        self.grid = grid
         self.image = image if image.shape[1] > 1 else None
         self.corners = _corner_rows(image[0, 0]) if image.shape[1] == 1 else None
         shifted = np.eye(4)

@@ -16,6 +16,7 @@ from ..core import fields
 from ..core.grid import Grid, matrix_apply_planar
 from ..core.preprocess import Prepared
 from ..core.sampling import Sampler
+from ..core.transform import Transform
 from ..registry import SIMILARITY_TABLE
 from . import similarity
 
@@ -112,6 +113,12 @@ def build_levels(fixed: Prepared, moving: Prepared, factors, sim: Similarity) ->
         levels[f] = Level(grid, fixed_features, Sampler(sim.features(moving_image), moving_grid),
                           sim.fixed_statistics(fixed_features), fixed_valid)
     return levels
+
+
+def mapped_index(level: Level, transform: Transform) -> torch.Tensor:
+    """Planar moving indices [3, K * J * I] (:meth:`Sampler.index`) of ``transform``'s points at ``level.grid``'s
+    voxels: what :func:`warp` and :func:`sees_moving` take."""
+    return level.moving.index(transform.points(level.grid, level.fixed.device))
 
 
 def warp(level: Level, index: torch.Tensor) -> torch.Tensor:

@@ -43,7 +43,7 @@ from ..registry import (
 )
 from . import alignment
 from .adam import Adam
-from .levels import Level, Similarity, build_levels, masked_loss, sees_moving, step_loss, warp
+from .levels import Level, Similarity, build_levels, mapped_index, masked_loss, sees_moving, step_loss, warp
 from .regularization import diffusion
 
 Progress = Callable[[str, int, int], None]
@@ -139,8 +139,7 @@ def optimize(fixed: Prepared, moving: Prepared, settings: OptimizationSettings |
     coarsest = levels[max(settings.affine_levels, default=min(levels))]
 
     def coarse_loss(transform: Transform) -> float:
-        index = coarsest.moving.index(transform.points(coarsest.grid, fixed.tensor.device))
-        return float(step_loss(coarsest, index, moving.domain, sim))
+        return float(step_loss(coarsest, mapped_index(coarsest, transform), moving.domain, sim))
 
     initial = alignment.initial_translation(fixed.grid, moving.grid, fixed.centroid, moving.centroid,
                                             coarsest.grid.spacing[2], lambda matrix: coarse_loss(Transform(matrix)))
@@ -180,7 +179,7 @@ def _guard(level: Level, domain: Grid, sim: Similarity, maps: dict[str, Transfor
     overlap: each later map must score at least as well as each earlier one where both see moving data."""
     names = list(maps)
     with torch.no_grad():
-        index = {name: level.moving.index(maps[name].points(level.grid, level.fixed.device)) for name in names}
+        index = {name: mapped_index(level, maps[name]) for name in names}
         warped = {name: warp(level, index[name]) for name in names}
         seen = {name: sees_moving(level, index[name], domain, sim) for name in names}
 
@@ -252,7 +251,7 @@ def _deformable_stage(levels: dict[int, Level], fixed: Prepared, moving: Prepare
         scale = float(residual[0, 0].numel())
         # planar moving indices: the base map's, plus the field turned into index steps on its coarse grid
         # (turning commutes with smoothing and upsampling, which act on each component alike)
-        base_index = level.moving.index(base.points(level.grid, device))
+        base_index = mapped_index(level, base)
         to_steps = torch.as_tensor(level.moving.to_index[:3, :3], dtype=residual.dtype, device=device)
         for step in range(iterations):
             anneal(optimizer, rate, step, iterations)
